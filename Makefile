@@ -1,0 +1,64 @@
+# rtlearn: two commands do everything, each setting itself up on a fresh machine.
+#   make book   build the HTML book into _build/html from the committed notebooks
+#               (make book EXECUTE=1 first re-executes every chapter in the current profile)
+#   make test   unit tests + nbval over every chapter notebook (quick profile)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU-only machine should install the CPU build of torch first, e.g. TORCH_SPEC=torch==2.13.0
+# (from the PyTorch CPU index elsewhere). An existing torch in the venv is kept.
+TORCH_SPEC ?= torch>=2.1,<3
+PIP_FLAGS ?= -q --disable-pip-version-check
+PROFILE ?= quick
+EXECUTE ?=
+NOTEBOOKS := $(shell awk '/file: *book\//{sub(/.*file: */,""); print}' _toc.yml | while read f; do [ -f "$$f.ipynb" ] && echo "$$f.ipynb"; done)
+STAMP := $(VENV)/.rtlearn-installed
+
+.PHONY: help venv book execute test unit nbval clean
+
+help:
+	@echo "make book   - build the HTML book into _build/html (EXECUTE=1 re-executes the notebooks, PROFILE=$(PROFILE))"
+	@echo "make test   - unit tests and nbval over every chapter (quick profile)"
+	@echo "make venv   - only create/refresh the virtualenv $(VENV)"
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; $(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true; $(PY) -c "import torch"; }
+	@echo "installing requirements.txt into $(VENV)"
+	@$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -m pip install $(PIP_FLAGS) --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import rtlearn, torch, jupyter_book, nbval; print('environment ready: torch', torch.__version__)"
+	@touch $@
+
+venv: $(STAMP)
+
+execute: $(STAMP)
+	@for nb in $(NOTEBOOKS); do \
+	  echo "executing $$nb (RTLEARN_PROFILE=$(PROFILE))"; \
+	  RTLEARN_PROFILE=$(PROFILE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=7200 "$$nb"; \
+	done
+
+book: $(STAMP) $(if $(EXECUTE),execute)
+	@rm -rf _build/.doctrees _build/html
+	@start=$$(date +%s); \
+	$(VENV)/bin/jupyter-book build . --path-output . --keep-going 2>&1 | tee _build.log; \
+	n=$$(grep -cE "WARNING|ERROR" _build.log || true); \
+	echo "book built in $$(( $$(date +%s) - start )) s with $$n Sphinx warning(s): _build/html/index.html"; \
+	test -f _build/html/index.html; test "$$n" -eq 0 || { grep -E "WARNING|ERROR" _build.log; exit 1; }
+
+unit: $(STAMP)
+	RTLEARN_PROFILE=quick $(PY) -m pytest tests -q
+
+nbval: $(STAMP)
+	RTLEARN_PROFILE=quick $(PY) -m pytest --nbval-lax --nbval-current-env -q $(NOTEBOOKS)
+
+test: $(STAMP)
+	RTLEARN_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -p no:cacheprovider
+
+clean:
+	rm -rf _build _build.log .pytest_cache

@@ -1,0 +1,91 @@
+"""Input checks shared by the whole package.
+
+Every public function validates its inputs with these helpers so that bad input
+gives a ``ValueError``/``TypeError`` saying what was wrong and what was
+expected, never a silent wrong number.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def is_torch(x) -> bool:
+    """True if ``x`` is a torch tensor (without importing torch when it is not loaded)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def as_numpy(x, name: str = "array") -> np.ndarray:
+    """Convert a NumPy array, torch tensor or sequence to a NumPy array."""
+    if is_torch(x):
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # pragma: no cover - defensive
+        raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
+
+
+def check_dose(dose, name: str = "dose", allow_negative: bool = False) -> np.ndarray:
+    """Return ``dose`` as a float array; reject NaN/inf and (by default) negative values."""
+    arr = as_numpy(dose, name)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"{name} must be a numeric array of doses, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.isfinite(arr)):
+        n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {n} NaN or infinite value(s); doses must be finite")
+    if not allow_negative and arr.min() < 0:
+        raise ValueError(f"{name} has negative values (min {arr.min():.4g}); doses must be >= 0")
+    return arr
+
+
+def check_mask(mask, shape=None, name: str = "mask", allow_empty: bool = False) -> np.ndarray:
+    """Return ``mask`` as a boolean array of ``shape``; reject empty masks unless allowed."""
+    arr = as_numpy(mask, name)
+    if arr.dtype != bool:
+        if not np.issubdtype(arr.dtype, np.number):
+            raise TypeError(f"{name} must be a boolean mask, got dtype {arr.dtype}")
+        uniq = np.unique(arr)
+        if not np.all(np.isin(uniq, (0, 1))):
+            raise ValueError(f"{name} must be boolean (0/1); found values {uniq[:5]}")
+        arr = arr.astype(bool)
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(arr.shape)}, expected {tuple(shape)} (the dose grid)")
+    if not allow_empty and not arr.any():
+        raise ValueError(f"{name} is empty (no voxel set); a structure must contain at least one voxel")
+    return arr
+
+
+def check_same_shape(a, b, name_a: str = "prediction", name_b: str = "reference") -> None:
+    """Raise if two arrays/tensors differ in shape."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; they must match")
+
+
+def check_spacing(spacing, ndim: int, name: str = "spacing") -> np.ndarray:
+    """Return voxel spacing (mm) as a float array of length ``ndim``; all entries > 0."""
+    if spacing is None:
+        raise ValueError(f"{name} (voxel size in mm, one value per axis) is required")
+    if isinstance(spacing, numbers.Real):
+        spacing = [float(spacing)] * ndim
+    arr = np.asarray(as_numpy(spacing, name), dtype=np.float64).ravel()
+    if arr.size != ndim:
+        raise ValueError(f"{name} must have {ndim} values (one per axis), got {arr.size}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be positive and finite (mm), got {arr.tolist()}")
+    return arr
+
+
+def check_positive(value, name: str) -> float:
+    """Return ``value`` as a float, requiring it to be finite and > 0."""
+    if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)

@@ -1,0 +1,27 @@
+"""Evaluation metrics: dose errors, segmentation overlap and surface distances, paired statistics.
+
+Submodules: :mod:`~rtlearn.metrics.dose`, :mod:`~rtlearn.metrics.segmentation`,
+:mod:`~rtlearn.metrics.stats` and :mod:`~rtlearn.metrics.openkbp` (the OpenKBP
+challenge's dose and DVH scores, imported on first use).
+"""
+from __future__ import annotations
+
+import importlib
+
+from .dose import DOSE_BANDS_CGY, mad, mad_by_dose_band, mad_per_roi, mean_gradient_by_band
+from .segmentation import average_surface_distance, dice, hausdorff95, precision, recall, surface_distances
+from .stats import wilcoxon_summary
+
+__all__ = [
+    "DOSE_BANDS_CGY", "mad", "mad_by_dose_band", "mad_per_roi", "mean_gradient_by_band",
+    "dice", "recall", "precision", "hausdorff95", "average_surface_distance", "surface_distances",
+    "wilcoxon_summary", "openkbp",
+]
+
+
+def __getattr__(name):
+    if name == "openkbp":
+        module = importlib.import_module(".openkbp", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'rtlearn.metrics' has no attribute {name!r}")

@@ -1,0 +1,344 @@
+"""One training loop for every chapter.
+
+:class:`Trainer` handles what every experiment of the book needs and nothing
+more: the device (cuda > mps > cpu), bf16 autocast and ``channels_last`` on
+CUDA, seeding, a ``tqdm.auto`` progress bar, a per-epoch history, atomic
+checkpoints with resume, ``ReduceLROnPlateau`` (or any scheduler), early
+stopping, extra conditioning inputs and frozen auxiliary networks.
+
+Batches are dicts of tensors (what the rtlearn datasets return). By default
+the model is called as ``model(batch["input"])``; pass ``input_keys`` for
+conditioning inputs (``("input", "dvh")`` calls ``model(batch["input"],
+batch["dvh"])``) or a ``forward(model, batch)`` callable for anything else.
+The loss is called as ``loss_fn(pred, batch)`` so that it can use targets,
+masks and any other entry; :func:`on_keys` adapts an ordinary
+``loss(pred, target)``.
+
+Frozen auxiliary networks (e.g. DOSELO's dose predictor) are passed as
+``frozen=[net]``: they are moved to the device, put in eval mode and their
+parameters get ``requires_grad=False``, so gradients flow *through* them to
+the trained model but never update them.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .config import get_device, seed_everything
+from .io import torch_save
+
+__all__ = ["Trainer", "History", "fit", "on_keys", "to_device"]
+
+
+def to_device(batch, device, channels_last: bool = False):
+    """Move every tensor of a (nested) batch to ``device``; 4D/5D float tensors optionally channels_last."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.is_floating_point() and batch.dim() in (4, 5):
+            fmt = torch.channels_last if batch.dim() == 4 else torch.channels_last_3d
+            batch = batch.contiguous(memory_format=fmt)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def on_keys(fn: Callable, target: str = "target", mask: str | None = None) -> Callable:
+    """Adapt ``fn(pred, target[, mask=...])`` to the trainer's ``loss_fn(pred, batch)`` form.
+
+    Examples
+    --------
+    >>> loss_fn = on_keys(torch.nn.functional.mse_loss)           # doctest: +SKIP
+    >>> loss_fn = on_keys(masked_mae, target="target", mask="mask")  # doctest: +SKIP
+    """
+    def loss(pred, batch):
+        if mask is None:
+            return fn(pred, batch[target])
+        return fn(pred, batch[target], mask=batch[mask])
+
+    loss.__name__ = getattr(fn, "__name__", "loss")
+    return loss
+
+
+@dataclass
+class History:
+    """Per-epoch records: ``epoch``, ``train_loss``, ``val_loss`` (if any), ``lr``, ``seconds`` and metrics."""
+
+    records: list = field(default_factory=list)
+
+    def append(self, record: dict) -> None:
+        self.records.append(dict(record))
+
+    def __getitem__(self, key: str) -> list:
+        return [r.get(key, math.nan) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def best_epoch(self):
+        """Epoch with the lowest validation loss (training loss if there was no validation)."""
+        key = "val_loss" if any("val_loss" in r for r in self.records) else "train_loss"
+        if not self.records:
+            return None
+        return min(self.records, key=lambda r: r.get(key, math.inf))["epoch"]
+
+    def to_dict(self) -> dict:
+        return {"records": self.records}
+
+
+class Trainer:
+    """Train a model on batches of dicts.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network to train.
+    loss_fn : callable
+        ``loss_fn(pred, batch) -> scalar tensor`` (see :func:`on_keys`).
+    optimizer : torch.optim.Optimizer, optional
+        Defaults to Adam with ``lr`` and ``weight_decay``.
+    scheduler : "plateau", None or callable
+        ``"plateau"``: :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau`
+        on the validation (else training) loss with ``plateau_factor`` and
+        ``plateau_patience`` (Bai et al. 2021: x0.1 after 5 epochs without
+        improvement). A callable ``f(optimizer)`` returns any scheduler;
+        ``scheduler_interval`` says whether it steps every ``"epoch"`` or every
+        optimisation ``"step"``.
+    early_stopping : int, optional
+        Stop after this many epochs without improvement of the monitored loss.
+    checkpoint : path, optional
+        Saved atomically after every epoch (model, optimizer, scheduler,
+        history, RNG states). If it exists when :meth:`fit` starts and
+        ``resume`` is true, training continues from it.
+    frozen : sequence of nn.Module
+        Auxiliary networks used by the loss or forward; frozen as described
+        in the module docstring.
+    metrics : dict[str, callable], optional
+        ``name -> f(pred, batch) -> float``, averaged over validation batches.
+    amp : bool, optional
+        bf16 autocast; default: on for CUDA, off elsewhere.
+    seed : int
+        Seeds Python, NumPy and torch; every epoch ``e`` starts from seed
+        ``seed + e``, so shuffling and dropout are reproducible and a resumed
+        run continues exactly as an uninterrupted one (for data loaders that
+        draw from torch's global generator, the default).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, *, optimizer=None, lr: float = 1e-3,
+                 weight_decay: float = 0.0, scheduler="plateau", plateau_factor: float = 0.1,
+                 plateau_patience: int = 5, scheduler_interval: str = "epoch", early_stopping: int | None = None,
+                 checkpoint=None, resume: bool = True, frozen: Sequence[nn.Module] = (), metrics=None,
+                 input_keys: Sequence[str] = ("input",), forward: Callable | None = None, device=None,
+                 amp: bool | None = None, channels_last: bool | None = None, grad_clip: float | None = None,
+                 seed: int = 0, progress: bool = True, restore_best: bool = True):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if early_stopping is not None and early_stopping < 1:
+            raise ValueError("early_stopping must be a positive number of epochs or None")
+        self.device = torch.device(device) if device is not None else get_device()
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if amp is None else bool(amp)
+        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        self.seed = seed
+        seed_everything(seed)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.frozen = list(frozen)
+        for net in self.frozen:
+            net.to(self.device).eval()
+            net.requires_grad_(False)
+        self.loss_fn = loss_fn
+        self.metrics = dict(metrics or {})
+        self.input_keys = tuple(input_keys)
+        self._forward = forward
+        self.optimizer = optimizer or torch.optim.Adam(
+            [p for p in self.model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+        self.scheduler_interval = scheduler_interval
+        if scheduler == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="min", factor=plateau_factor, patience=plateau_patience)
+        elif scheduler is None:
+            self.scheduler = None
+        elif callable(scheduler):
+            self.scheduler = scheduler(self.optimizer)
+        else:
+            raise ValueError("scheduler must be 'plateau', None or a callable f(optimizer)")
+        self.early_stopping = early_stopping
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.resume = resume
+        self.grad_clip = grad_clip
+        self.progress = progress
+        self.restore_best = restore_best
+        self.history = History()
+        self.start_epoch = 0
+        self._best = (math.inf, None)  # (loss, state_dict)
+
+    # -- the model call --------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward(self, batch):
+        """Run the model on a batch already on the device (autocast applied; output cast to float32)."""
+        with self._autocast():
+            if self._forward is not None:
+                out = self._forward(self.model, batch)
+            else:
+                missing = [k for k in self.input_keys if k not in batch]
+                if missing:
+                    raise KeyError(f"batch has no key(s) {missing}; it has {sorted(batch)}")
+                out = self.model(*[batch[k] for k in self.input_keys])
+        return out.float() if isinstance(out, torch.Tensor) else out
+
+    def _loss(self, pred, batch):
+        with self._autocast():
+            loss = self.loss_fn(pred, batch)
+        loss = loss.float()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()}; lower the learning rate or check the inputs")
+        return loss
+
+    # -- epochs ----------------------------------------------------------------------------------------------
+    def train_epoch(self, loader) -> float:
+        self.model.train()
+        total, n = 0.0, 0
+        for batch in loader:
+            batch = to_device(batch, self.device, self.channels_last)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(self.forward(batch), batch)
+            loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self.scheduler.step()
+            total += loss.item()
+            n += 1
+        if n == 0:
+            raise ValueError("the training loader yielded no batch")
+        return total / n
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict:
+        """Mean loss (and metrics) over a loader, in eval mode."""
+        self.model.eval()
+        sums, n = {"loss": 0.0, **{k: 0.0 for k in self.metrics}}, 0
+        for batch in loader:
+            batch = to_device(batch, self.device, self.channels_last)
+            pred = self.forward(batch)
+            sums["loss"] += self._loss(pred, batch).item()
+            for k, f in self.metrics.items():
+                sums[k] += float(f(pred, batch))
+            n += 1
+        if n == 0:
+            raise ValueError("the validation loader yielded no batch")
+        return {k: v / n for k, v in sums.items()}
+
+    @torch.no_grad()
+    def predict(self, batch):
+        """Model output for one batch (dict), on the CPU, in eval mode."""
+        self.model.eval()
+        return self.forward(to_device(batch, self.device, self.channels_last)).cpu()
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "history": self.history.to_dict(),
+            "epoch": len(self.history),
+            "best_loss": self._best[0],
+            "best_state": self._best[1],
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(self, path=None) -> Path:
+        """Write a checkpoint atomically (an interrupted save never corrupts the previous one)."""
+        path = Path(path or self.checkpoint)
+        return torch_save(self.state_dict(), path)
+
+    def load(self, path=None) -> None:
+        """Restore model, optimizer, scheduler, history and RNG state from a checkpoint."""
+        path = Path(path or self.checkpoint)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise ValueError(f"checkpoint {path} could not be read ({exc}); delete it to start afresh") from exc
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history = History(list(state["history"]["records"]))
+        self.start_epoch = int(state["epoch"])
+        self._best = (state.get("best_loss", math.inf), state.get("best_state"))
+        torch.set_rng_state(state["torch_rng"])
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def fit(self, train_loader: Iterable, epochs: int, val_loader: Iterable | None = None) -> History:
+        """Train for ``epochs`` epochs (counting those restored from a checkpoint); return the history."""
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if self.checkpoint is not None and self.resume and self.checkpoint.exists():
+            self.load()
+        else:
+            seed_everything(self.seed)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(range(self.start_epoch, epochs), desc="epochs", initial=self.start_epoch, total=epochs,
+                   disable=not self.progress, leave=True)
+        stale = 0
+        for epoch in bar:
+            # reseed at every epoch: shuffling and dropout depend only on (seed, epoch), so a resumed run
+            # repeats exactly what an uninterrupted one would have done (for loaders using torch's global RNG)
+            seed_everything(self.seed + epoch, deterministic=False)
+            t0 = time.perf_counter()
+            record = {"epoch": epoch + 1, "train_loss": self.train_epoch(train_loader)}
+            if val_loader is not None:
+                ev = self.evaluate(val_loader)
+                record["val_loss"] = ev.pop("loss")
+                record.update(ev)
+            monitored = record.get("val_loss", record["train_loss"])
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(monitored)
+                else:
+                    self.scheduler.step()
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            record["seconds"] = time.perf_counter() - t0
+            self.history.append(record)
+            if monitored < self._best[0]:
+                self._best = (monitored, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+                stale = 0
+            else:
+                stale += 1
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")})
+            if self.checkpoint is not None:
+                self.save()
+            if self.early_stopping is not None and stale >= self.early_stopping:
+                break
+        self.start_epoch = len(self.history)
+        if self.restore_best and self._best[1] is not None:
+            self.model.load_state_dict(self._best[1])
+        return self.history
+
+
+def fit(model: nn.Module, train_loader, loss_fn: Callable, epochs: int, val_loader=None, **kwargs):
+    """Functional shortcut: build a :class:`Trainer` with ``kwargs``, fit, and return ``(trainer, history)``."""
+    trainer = Trainer(model, loss_fn, **kwargs)
+    history = trainer.fit(train_loader, epochs, val_loader)
+    return trainer, history

@@ -1,0 +1,148 @@
+"""rtlearn.train: learning, determinism, checkpoints/resume, conditioning and frozen networks."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from rtlearn.train import Trainer, fit, on_keys
+
+
+class Toy(Dataset):
+    """y = 2x + cond (a per-sample scalar broadcast over the image)."""
+
+    def __init__(self, n=16, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 1, 8, 8, generator=g)
+        self.c = torch.randn(n, 1, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input": self.x[i], "cond": self.c[i], "target": 2 * self.x[i] + self.c[i].view(1, 1, 1)}
+
+
+class CondNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.fc = nn.Linear(1, 1)
+
+    def forward(self, x, c):
+        return self.conv(x) + self.fc(c).view(-1, 1, 1, 1)
+
+
+def _loader(seed=0):
+    return DataLoader(Toy(seed=seed), batch_size=4, shuffle=True)
+
+
+def test_learns_with_conditioning_input():
+    torch.manual_seed(0)
+    tr, hist = fit(CondNet(), _loader(), on_keys(nn.functional.mse_loss), epochs=40, lr=0.05,
+                   input_keys=("input", "cond"), val_loader=_loader(1), progress=False, device="cpu")
+    assert hist["train_loss"][-1] < 0.05 * hist["train_loss"][0]
+    assert hist["val_loss"][-1] < 1e-2
+    assert len(hist) == 40 and hist.best_epoch is not None
+
+
+def test_deterministic_same_seed():
+    def run():
+        torch.manual_seed(123)
+        net = CondNet()
+        _, h = fit(net, _loader(), on_keys(nn.functional.mse_loss), epochs=3, input_keys=("input", "cond"),
+                   seed=7, progress=False, device="cpu")
+        return h["train_loss"], [p.detach().clone() for p in net.parameters()]
+
+    (l1, p1), (l2, p2) = run(), run()
+    assert l1 == l2
+    for a, b in zip(p1, p2):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    loss = on_keys(nn.functional.mse_loss)
+
+    def make(ckpt=None):
+        torch.manual_seed(5)
+        return Trainer(CondNet(), loss, input_keys=("input", "cond"), checkpoint=ckpt, seed=1,
+                       progress=False, device="cpu", restore_best=False)
+
+    full = make()
+    full.fit(_loader(), epochs=6)
+    part = make(tmp_path / "run.pt")
+    part.fit(_loader(), epochs=3)
+    assert (tmp_path / "run.pt").exists()
+    resumed = make(tmp_path / "run.pt")  # a new process would do exactly this
+    hist = resumed.fit(_loader(), epochs=6)
+    assert len(hist) == 6
+    assert hist["train_loss"] == pytest.approx(full.history["train_loss"], rel=1e-6)
+    # no temporary file is left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    tr = Trainer(CondNet(), on_keys(nn.functional.mse_loss), input_keys=("input", "cond"), checkpoint=bad,
+                 progress=False, device="cpu")
+    with pytest.raises(ValueError, match="could not be read"):
+        tr.fit(_loader(), epochs=1)
+
+
+def test_frozen_network_gets_no_update_but_passes_gradient():
+    frozen = nn.Conv2d(1, 1, 3, padding=1)
+    before = [p.detach().clone() for p in frozen.parameters()]
+    student = nn.Conv2d(1, 1, 1)
+
+    def loss(pred, batch):  # compare through the frozen network (as DOSELO does)
+        return nn.functional.mse_loss(frozen(pred), frozen(batch["target"]))
+
+    tr = Trainer(student, loss, frozen=[frozen], progress=False, device="cpu", scheduler=None)
+    w0 = student.weight.detach().clone()
+    tr.fit(_loader(), epochs=2)
+    assert not torch.equal(student.weight, w0)  # the gradient reached the trained model
+    for a, b in zip(before, frozen.parameters()):
+        assert torch.equal(a, b) and not b.requires_grad
+    assert not frozen.training
+
+
+def test_plateau_scheduler_and_early_stopping():
+    class Const(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return x * 0 + self.w * 0  # the loss never improves
+
+    tr = Trainer(Const(), on_keys(nn.functional.mse_loss), lr=1e-3, plateau_patience=1, early_stopping=3,
+                 progress=False, device="cpu")
+    hist = tr.fit(_loader(), epochs=20)
+    assert len(hist) == 4  # best at epoch 1, then 3 stale epochs
+    assert hist["lr"][-1] < 1e-3
+
+
+def test_step_scheduler_lambda():
+    sched = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1 / (1 + 0.5 * it))  # noqa: E731
+    tr = Trainer(CondNet(), on_keys(nn.functional.mse_loss), input_keys=("input", "cond"), lr=1.0,
+                 scheduler=sched, scheduler_interval="step", progress=False, device="cpu")
+    tr.fit(_loader(), epochs=1)  # 4 steps
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(1 / 3)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError):
+        Trainer(lambda x: x, on_keys(nn.functional.mse_loss))
+    with pytest.raises(ValueError, match="scheduler"):
+        Trainer(CondNet(), on_keys(nn.functional.mse_loss), scheduler="cosine")
+    tr = Trainer(CondNet(), on_keys(nn.functional.mse_loss), progress=False, device="cpu")
+    with pytest.raises(TypeError):  # CondNet needs the conditioning input
+        tr.fit(_loader(), epochs=1)
+    tr = Trainer(nn.Conv2d(1, 1, 1), lambda p, b: (p * math.nan).mean(), progress=False, device="cpu")
+    with pytest.raises(FloatingPointError):
+        tr.fit(_loader(), epochs=1)
+    with pytest.raises(KeyError, match="no key"):
+        Trainer(nn.Conv2d(1, 1, 1), on_keys(nn.functional.mse_loss), input_keys=("image",),
+                progress=False, device="cpu").fit(_loader(), epochs=1)
