@@ -10,12 +10,13 @@ import importlib
 
 from .dose import DOSE_BANDS_CGY, mad, mad_by_dose_band, mad_per_roi, mean_gradient_by_band
 from .segmentation import average_surface_distance, dice, hausdorff95, precision, recall, surface_distances
+from .dosimetric import relative_dose_error, rmae
 from .stats import wilcoxon_summary
 
 __all__ = [
     "DOSE_BANDS_CGY", "mad", "mad_by_dose_band", "mad_per_roi", "mean_gradient_by_band",
     "dice", "recall", "precision", "hausdorff95", "average_surface_distance", "surface_distances",
-    "wilcoxon_summary", "openkbp",
+    "wilcoxon_summary", "rmae", "relative_dose_error", "openkbp",
 ]
 
 

@@ -1,0 +1,66 @@
+"""Loss functions for dose prediction and segmentation in radiotherapy.
+
+* :mod:`~rtlearn.losses.sharp` -- sharp loss (Bai et al. 2021).
+* :mod:`~rtlearn.losses.dose` -- masked MSE / MAE (Soomro et al., DeepDoseNet).
+* :mod:`~rtlearn.losses.dvh` -- differentiable DVH (Nguyen et al. 2020) and the DVH loss (DeepDoseNet).
+* :mod:`~rtlearn.losses.dice` -- Dice, CE, Dice+CE, Tversky, focal Tversky, generalised Dice,
+  sensitivity-specificity (Chen et al. 2023 and the losses it compares).
+* :mod:`~rtlearn.losses.region` -- region-specific and adaptive region-specific losses (Chen et al. 2023).
+* :mod:`~rtlearn.losses.benchmark` -- time/memory benchmark (``python -m rtlearn.losses.benchmark``).
+"""
+from .dice import (
+    CrossEntropyLoss,
+    DiceCELoss,
+    DiceLoss,
+    FocalTverskyLoss,
+    GeneralizedDiceLoss,
+    SensitivitySpecificityLoss,
+    TverskyLoss,
+    cross_entropy_loss,
+    dice_ce_loss,
+    dice_loss,
+    focal_tversky_loss,
+    generalized_dice_loss,
+    sensitivity_specificity_loss,
+    tversky_loss,
+)
+from .dose_guided import (
+    BCESoftDiceLoss,
+    DoseGuidedLoss,
+    assemble_dose_input,
+    bce_soft_dice_loss,
+    binary_cross_entropy,
+    dose_guided_loss,
+    dose_segmentation_loss,
+    freeze,
+    soft_dice_loss,
+    true_target_dose,
+)
+from .dose import MaskedMAELoss, MaskedMSELoss, masked_mae, masked_mse
+from .dvh import DVHLoss, MAEPlusDVHLoss, dvh_loss, dvh_thresholds, soft_dvh
+from .region import (
+    AdaptiveRegionSpecificLoss,
+    RegionSpecificLoss,
+    adaptive_region_specific_loss,
+    adaptive_tversky_weights,
+    region_specific_loss,
+)
+from .sharp import SharpLoss, demarcation_dose, sharp_loss, sharp_loss_grad, sharp_weight
+
+__all__ = [
+    # sharp loss
+    "sharp_loss", "sharp_loss_grad", "sharp_weight", "demarcation_dose", "SharpLoss",
+    # dose
+    "masked_mse", "masked_mae", "MaskedMSELoss", "MaskedMAELoss",
+    "dvh_thresholds", "soft_dvh", "dvh_loss", "DVHLoss", "MAEPlusDVHLoss",
+    # segmentation
+    "dice_loss", "cross_entropy_loss", "dice_ce_loss", "tversky_loss", "focal_tversky_loss",
+    "generalized_dice_loss", "sensitivity_specificity_loss",
+    "DiceLoss", "CrossEntropyLoss", "DiceCELoss", "TverskyLoss", "FocalTverskyLoss",
+    "GeneralizedDiceLoss", "SensitivitySpecificityLoss",
+    "region_specific_loss", "adaptive_tversky_weights", "adaptive_region_specific_loss",
+    "RegionSpecificLoss", "AdaptiveRegionSpecificLoss",
+    # dose-guided segmentation (DOSELO)
+    "dose_guided_loss", "dose_segmentation_loss", "DoseGuidedLoss", "true_target_dose", "assemble_dose_input",
+    "freeze", "binary_cross_entropy", "soft_dice_loss", "bce_soft_dice_loss", "BCESoftDiceLoss",
+]

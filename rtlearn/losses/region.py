@@ -1,0 +1,165 @@
+"""Region-specific and adaptive region-specific losses (Chen et al., TPAMI 2023).
+
+The volume is split into a grid of ``K`` blocks per axis (the division
+coefficient DC; ``K = 16`` in the paper, i.e. 16 x 16 x 16 sub-regions in 3D;
+``K = 1`` is the global loss). One loss per sub-region and class is computed and
+the sub-region losses are **summed** by default, as Eq. (4) writes (so the scale
+grows with the number of sub-regions); ``region_reduction="mean"`` averages them
+instead. Batch elements and classes are then reduced with ``reduction``
+(default ``"mean"`` over the (element, class) pairs that have at least one
+counted sub-region).
+
+Choices (all arguments):
+
+* classes absent from a sub-region's ground truth are **skipped** there
+  (``skip_absent=True``), as the paper states it does;
+* sizes not divisible by ``K`` use **uneven blocks** (index ``i`` of an axis of
+  length ``n`` goes to block ``floor(i K / n)``; sizes differ by at most one voxel,
+  no padding); ``K`` larger than an axis raises ``ValueError``;
+* the sums are done by reshaping into blocks (or ``index_add`` for uneven
+  blocks), never by a Python loop over sub-regions;
+* in the adaptive loss, ``alpha`` and ``beta`` are **detached** by default
+  (``detach_weights=True``): the paper describes them as penalty weights set from
+  the current prediction, not as terms to optimise; letting gradient flow through
+  them would also reward the network for shifting the FP/FN balance itself.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_nonnegative_number
+from ._seg import check_eps, dice_terms, parse_grid, prepare, reduce_losses, tversky_counts, tversky_from_counts
+from .dice import _Base
+
+__all__ = [
+    "region_specific_loss", "adaptive_tversky_weights", "adaptive_region_specific_loss",
+    "RegionSpecificLoss", "AdaptiveRegionSpecificLoss",
+]
+
+
+def region_specific_loss(pred, target, grid=16, *, softmax: bool = False, include_background: bool = True,
+                         eps: float = 1e-7, region_reduction: str = "sum", reduction: str = "mean",
+                         skip_absent: bool = True, validate: bool = True):
+    """Region-specific Dice loss, Eq. (4) of Chen et al. 2023.
+
+    .. math::
+
+        L_{RS} = \\sum_k \\Big(1 - \\frac{2\\sum_{i\\in V_k} p_i g_i + \\varepsilon}
+        {\\sum_{i\\in V_k} p_i^2 + \\sum_{i\\in V_k} g_i^2 + \\varepsilon}\\Big)
+
+    per batch element and class, over the sub-regions ``V_k`` of a ``grid``.
+
+    Parameters
+    ----------
+    pred, target, softmax, include_background, eps, validate
+        As in :func:`rtlearn.losses.dice_loss`.
+    grid : int or sequence of int
+        Blocks per spatial axis (DC; default 16). ``1`` gives the global Dice loss.
+    region_reduction : {"sum", "mean", "none"}
+        Over sub-regions (default "sum", Eq. (4)). ``"none"`` (with
+        ``reduction="none"``) returns the ``B x C x K1 x K2 (x K3)`` map.
+    reduction : {"mean", "sum", "none"}
+        Over (batch, class) pairs.
+    skip_absent : bool
+        Skip (class, sub-region) pairs with no ground-truth voxel (default True, as the paper).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, ``B x C`` or the per-region map; skipped terms count as 0. Never NaN.
+    """
+    eps = check_eps(eps)
+    p, g = prepare(pred, target, softmax, include_background, validate=validate)
+    ks = parse_grid(grid, p.shape[2:])
+    L, present = dice_terms(p, g, ks, eps)
+    return reduce_losses(L, present if skip_absent else None, region_reduction, reduction)
+
+
+def _adaptive(tp, fp, fn, A, B, eps):
+    denom = fp + fn + eps
+    return A + B * (fp + eps) / denom, A + B * (fn + eps) / denom
+
+
+def adaptive_tversky_weights(pred, target, grid=16, A: float = 0.3, B: float = 0.4, *, softmax: bool = False,
+                             include_background: bool = True, eps: float = 1e-7, validate: bool = True):
+    """Adaptive Tversky weights per sub-region and class, Eqs. (7)-(8) of Chen et al. 2023.
+
+    .. math::
+
+        \\alpha_k = A + B\\,\\frac{FP_k + \\varepsilon}{FP_k + FN_k + \\varepsilon}, \\qquad
+        \\beta_k = A + B\\,\\frac{FN_k + \\varepsilon}{FP_k + FN_k + \\varepsilon}
+
+    with soft ``FP_k = sum p (1 - g)`` and ``FN_k = sum (1 - p) g`` over sub-region
+    ``V_k``. Both lie in ``[A, A + B]`` (0.3 and 0.4 in the paper). When
+    ``FP = FN >> eps`` both are ``A + B/2`` (Dice-like); in a perfectly predicted
+    sub-region (``FP = FN = 0``) the formula gives ``A + B`` for both (the
+    Tversky loss there is ~0 anyway).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``alpha``, ``beta``: ``B x C x K1 x K2 (x K3)``, detached (for figures).
+    """
+    eps = check_eps(eps)
+    A = check_nonnegative_number(A, "A")
+    B = check_nonnegative_number(B, "B")
+    with torch.no_grad():
+        p, g = prepare(pred, target, softmax, include_background, validate=validate)
+        ks = parse_grid(grid, p.shape[2:])
+        tp, fp, fn = tversky_counts(p, g, ks)
+        return _adaptive(tp, fp, fn, A, B, eps)
+
+
+def adaptive_region_specific_loss(pred, target, grid=16, A: float = 0.3, B: float = 0.4, *,
+                                  detach_weights: bool = True, softmax: bool = False,
+                                  include_background: bool = True, eps: float = 1e-7,
+                                  region_reduction: str = "sum", reduction: str = "mean",
+                                  skip_absent: bool = True, validate: bool = True):
+    """Adaptive region-specific loss, Eqs. (6)-(8) of Chen et al. 2023.
+
+    .. math::
+
+        L_{ARS} = \\sum_k \\Big(1 - \\frac{TP_k + \\varepsilon}
+        {TP_k + \\alpha_k FP_k + \\beta_k FN_k + \\varepsilon}\\Big)
+
+    with ``alpha_k``, ``beta_k`` from :func:`adaptive_tversky_weights`.
+
+    Parameters
+    ----------
+    grid, region_reduction, reduction, skip_absent
+        As in :func:`region_specific_loss`.
+    A, B : float
+        Range ``[A, A + B]`` of the weights (0.3, 0.4 in the paper).
+    detach_weights : bool
+        Treat ``alpha``/``beta`` as constants (default True; see the module notes).
+    """
+    eps = check_eps(eps)
+    A = check_nonnegative_number(A, "A")
+    B = check_nonnegative_number(B, "B")
+    p, g = prepare(pred, target, softmax, include_background, validate=validate)
+    ks = parse_grid(grid, p.shape[2:])
+    tp, fp, fn = tversky_counts(p, g, ks)
+    if detach_weights:
+        alpha, beta = _adaptive(tp.detach(), fp.detach(), fn.detach(), A, B, eps)
+    else:
+        alpha, beta = _adaptive(tp, fp, fn, A, B, eps)
+    L = tversky_from_counts(tp, fp, fn, alpha, beta, eps)
+    return reduce_losses(L, (tp + fn).detach() > 0 if skip_absent else None, region_reduction, reduction)
+
+
+class RegionSpecificLoss(_Base):
+    """Module form of :func:`region_specific_loss` (Eq. (4) of Chen et al. 2023); ``RegionSpecificLoss(grid=16, ...)``."""
+
+    _fn = staticmethod(region_specific_loss)
+    _positional = ("grid",)
+
+
+class AdaptiveRegionSpecificLoss(_Base):
+    """Module form of :func:`adaptive_region_specific_loss` (Eqs. (6)-(8) of Chen et al. 2023).
+
+    ``AdaptiveRegionSpecificLoss(grid=16, A=0.3, B=0.4, detach_weights=True, ...)``.
+    """
+
+    _fn = staticmethod(adaptive_region_specific_loss)
+    _positional = ("grid", "A", "B")
+
