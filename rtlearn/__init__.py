@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "config", "io", "dvh", "metrics", "models", "train", "plotting", "losses",
-    "phantom", "data", "book", "toy", "augment", "pareto",
+    "phantom", "data", "book", "toy", "augment", "pareto", "experiments",
 }
 
 __all__ = sorted(_SUBMODULES) + ["__version__", "profile"]

@@ -108,8 +108,11 @@ def dose_slice(ax=None, dose=None, masks: dict | None = None, spacing=(1.0, 1.0)
 
 
 def plot_dvh(ax=None, dose_true=None, masks: dict | None = None, dose_pred=None, bins=None, unit="Gy",
-             title=None, legend=True):
-    """Cumulative DVHs of every structure: reference solid, prediction dashed (same colour per structure)."""
+             title=None, legend=True, labels=("reference", "predicted")):
+    """Cumulative DVHs of every structure: reference solid, prediction dashed (same colour per structure).
+
+    ``labels`` names the solid and dashed line styles in the legend (e.g. ``("plan A", "plan B")``).
+    """
     from .dvh import cumulative_dvh
 
     ax = _axes(ax)
@@ -133,12 +136,13 @@ def plot_dvh(ax=None, dose_true=None, masks: dict | None = None, dose_pred=None,
     ax.set_ylim(0, 102)
     ax.set_xlim(0, axis[-1])
     if legend:
+        labels_styles = labels
         handles, labels = ax.get_legend_handles_labels()
         if dose_pred is not None:
             from matplotlib.lines import Line2D
 
             handles += [Line2D([], [], color="k", lw=1.5), Line2D([], [], color="k", lw=1.5, ls="--")]
-            labels += ["reference", "predicted"]
+            labels += list(labels_styles)
         ax.legend(handles, labels, loc="upper right", fontsize=7)
     if title:
         ax.set_title(title)
