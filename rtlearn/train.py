@@ -160,6 +160,8 @@ class Trainer:
         for net in self.frozen:
             net.to(self.device).eval()
             net.requires_grad_(False)
+            for p in net.parameters():
+                p.grad = None
         self.loss_fn = loss_fn
         self.metrics = dict(metrics or {})
         self.input_keys = tuple(input_keys)
@@ -332,6 +334,7 @@ class Trainer:
             if self.early_stopping is not None and stale >= self.early_stopping:
                 break
         self.start_epoch = len(self.history)
+        self.optimizer.zero_grad(set_to_none=True)  # leave no stale gradients on the model
         if self.restore_best and self._best[1] is not None:
             self.model.load_state_dict(self._best[1])
         return self.history

@@ -74,6 +74,8 @@ def freeze(module: nn.Module) -> nn.Module:
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
     module.eval()
     module.requires_grad_(False)
+    for p in module.parameters():
+        p.grad = None  # drop gradients left over from its own training
     return module
 
 

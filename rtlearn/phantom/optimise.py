@@ -381,7 +381,7 @@ def pareto_sweep(patient: Patient, n_plans: int = 10, pair: tuple | None = None,
     missing = [p for p in pair if p not in patient.masks]
     if len(pair) != 2 or missing:
         raise ValueError(f"pair must name two OARs of this patient; missing {missing}; available {patient.oars}")
-    engine = engine or DoseEngine.for_patient(patient)
+    engine = engine or DoseEngine.for_patient(patient, device=kw.get("device"))
     xs = np.linspace(extreme, 1.0 - extreme, n_plans) if n_plans > 1 else np.full(1, 0.5)
     it = xs
     if progress:
