@@ -76,7 +76,7 @@ def install_cell_source(config: str | Path = CONFIG) -> str:
 def new_notebook(cells, title: str | None = None, gpu: bool = False):
     """Build an ``nbformat`` notebook from ``[("md"|"code", source), ...]``.
 
-    The install cell (tagged ``hide-output``) is inserted as the first code
+    The install cell (tagged ``hide-cell``: collapsed in the HTML book) is inserted as the first code
     cell, and the kernel metadata is set; ``gpu=True`` asks Colab for a GPU.
     Used by the scripts that author chapter notebooks.
     """
@@ -96,7 +96,7 @@ def new_notebook(cells, title: str | None = None, gpu: bool = False):
             out.append(new_markdown_cell(src))
         elif kind == "code":
             if not installed:
-                out.append(new_code_cell(install_cell_source(), metadata={"tags": ["hide-output"]}))
+                out.append(new_code_cell(install_cell_source(), metadata={"tags": ["hide-cell"]}))
                 installed = True
             out.append(new_code_cell(src))
         else:

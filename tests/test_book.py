@@ -62,7 +62,7 @@ def test_notebook_install_cell_and_outputs(nb):
     code = [c for c in data["cells"] if c["cell_type"] == "code"]
     assert "".join(code[0]["source"]) == book.install_cell_source(), \
         f"{nb.name}: the first code cell must be rtlearn.book.install_cell_source() (regenerate it)"
-    assert "hide-output" in code[0]["metadata"].get("tags", [])
+    assert "hide-cell" in code[0]["metadata"].get("tags", [])
     # committed with outputs, and without errors
     assert all(c.get("execution_count") for c in code), f"{nb.name} has unexecuted cells: commit it executed"
     assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))

@@ -1,0 +1,630 @@
+r"""The sharp-loss experiment of Bai et al. 2021 on phantom breast patients.
+
+A U-Net maps the single-channel ROI-value map of a left-sided breast patient
+(PTV 1.000, ipsilateral lung 0.833, heart 0.667, contralateral lung 0.500,
+spinal cord 0.333, other tissue 0.167, outside the body 0) to the dose divided
+by 60 Gy (the paper's 6000 cGy). One model is trained with the MSE,
+
+.. math:: \mathrm{MSE} = \frac{1}{n}\sum_i (Dp_i - D_i)^2 \quad \text{(Eq. 2 of Bai et al. 2021)},
+
+and one with the sharp loss for each :math:`\gamma` (Eq. 4, :func:`rtlearn.losses.sharp.sharp_loss`),
+all with the same data split, seed, Adam (lr :math:`10^{-3}`), batch 2 and a
+plateau decay of the learning rate (x0.1 after 5 epochs without improvement of
+the validation loss). The test predictions are then scored as in the paper's
+Tables 1-4 (MAD by region, dose band and ROI; Wilcoxon tests; clinical DVH
+metrics).
+
+Typical use (the chapter "The sharp loss")::
+
+    from rtlearn.experiments import sharp
+    cfg = sharp.default_config()          # quick (2D, CPU) or full (3D, paper scale) profile
+    res = sharp.run_experiment(cfg)
+    rows = sharp.table1(res)
+
+The paper's own numbers are kept in ``PAPER_TABLE1`` ... ``PAPER_TABLE4`` so that
+the chapter can print them beside ours, labelled as the paper's.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import dvh
+from ..metrics import DOSE_BANDS_CGY, mad, mad_by_dose_band, mad_per_roi, mean_gradient_by_band, wilcoxon_summary
+
+__all__ = [
+    "NORM_GY", "PAPER_GAMMAS", "ROI_LABELS", "PAPER_IMBALANCE", "PAPER_TABLE1", "PAPER_GRADIENT", "PAPER_TABLE2",
+    "PAPER_TABLE3", "PAPER_TABLE4", "TABLE1_ROWS", "TABLE4_ROWS", "SharpConfig", "SharpData", "SharpResults",
+    "default_config", "load_data", "loss_label", "make_loss", "train_model", "predict", "dose_imbalance",
+    "run_experiment", "table1", "per_roi_mad", "table2", "table3", "table4", "select_best", "markdown_table",
+    "plot_training_curves", "plot_roi_boxplots", "plot_sample",
+]
+
+#: Normalisation dose in Gy: Bai et al. divide the dose by 6000 cGy = 60 Gy.
+NORM_GY = 60.0
+#: The sharpness values tested by Bai et al. 2021.
+PAPER_GAMMAS = (1.0, 25.0, 50.0, 100.0, 250.0, 500.0)
+#: Phantom ROI names -> the paper's names (left-sided breast: the left lung is ipsilateral).
+ROI_LABELS = {"PTV": "PTV", "Lung_L": "Ipsilateral lung", "Heart": "Heart", "Lung_R": "Contralateral lung",
+              "SpinalCord": "Spinal cord"}
+
+# ---- the paper's numbers (Bai et al. 2021), quoted for comparison ------------------------------------------
+#: Discussion of Bai et al. 2021: % of test voxels outside the body; % of body voxels below 500 cGy.
+PAPER_IMBALANCE = {"outside_body_pct": 74.52, "body_below_500cgy_pct": 77.30}
+#: Row names of Table 1 (MAD in cGy; "Std" is the std of the prediction error inside the body).
+TABLE1_ROWS = ("Whole region", "Outside the body", "Inside the body", "0-500 cGy", "500-1000 cGy",
+               "1000-2000 cGy", "2000-3000 cGy", "3000-4000 cGy", "4000-5000 cGy", "> 5000 cGy", "Std")
+#: Bai et al. 2021, Table 1: columns MSE, then sharp loss with gamma = 1, 25, 50, 100, 250, 500.
+PAPER_TABLE1 = {
+    "Whole region": (56.72, 43.78, 52.45, 43.40, 84.57, 690.74, 950.98),
+    "Outside the body": (32.93, 24.31, 34.31, 24.10, 71.82, 765.24, 1047.12),
+    "Inside the body": (186.55, 150.02, 151.46, 148.67, 154.15, 284.10, 426.26),
+    "0-500 cGy": (109.43, 87.46, 99.06, 99.68, 110.40, 265.66, 457.31),
+    "500-1000 cGy": (294.03, 262.00, 228.30, 220.12, 221.34, 245.57, 224.44),
+    "1000-2000 cGy": (471.94, 419.89, 383.34, 369.57, 391.04, 413.08, 374.86),
+    "2000-3000 cGy": (649.82, 530.12, 504.69, 472.01, 488.17, 517.25, 485.96),
+    "3000-4000 cGy": (754.65, 547.15, 521.36, 491.88, 459.56, 489.77, 474.44),
+    "4000-5000 cGy": (645.23, 453.75, 407.67, 410.46, 319.72, 410.30, 379.45),
+    "> 5000 cGy": (336.25, 241.70, 214.88, 193.21, 151.32, 249.87, 229.58),
+    "Std": (312.57, 254.86, 245.41, 236.20, 228.79, 374.80, 555.69),
+}
+#: Bai et al. 2021, Table 1, last column: mean ground-truth dose gradient per band (cGy/mm).
+PAPER_GRADIENT = {"0-500 cGy": 1.97, "500-1000 cGy": 78.67, "1000-2000 cGy": 151.24, "2000-3000 cGy": 267.06,
+                  "3000-4000 cGy": 330.70, "4000-5000 cGy": 222.84, "> 5000 cGy": 48.69}
+#: Bai et al. 2021, Table 2: MAD (cGy) per ROI; columns MSE, gamma = 1, 25, 50, 100, 250, 500.
+PAPER_TABLE2 = {
+    "PTV": (316.49, 229.15, 201.06, 182.38, 139.85, 239.11, 222.68),
+    "Ipsilateral lung": (271.81, 232.06, 215.22, 215.47, 189.99, 263.82, 362.17),
+    "Heart": (218.28, 185.42, 183.79, 175.73, 144.41, 217.63, 218.69),
+    "Contralateral lung": (125.96, 116.21, 117.38, 136.70, 113.42, 172.97, 241.52),
+    "Spinal cord": (195.51, 162.50, 168.47, 160.04, 170.41, 228.89, 310.26),
+}
+#: Bai et al. 2021, Table 3: (MSE mean, sd, sharp gamma=100 mean, sd, Wilcoxon p), MAD in cGy.
+PAPER_TABLE3 = {
+    "PTV": (318.87, 30.23, 144.15, 16.27, 0.005),
+    "Ipsilateral lung": (278.99, 51.68, 198.75, 61.38, 0.005),
+    "Heart": (216.99, 44.13, 144.86, 43.98, 0.005),
+    "Contralateral lung": (125.96, 66.76, 111.86, 47.19, 0.074),
+    "Spinal cord": (194.30, 14.51, 168.58, 25.97, 0.005),
+}
+#: Row names of Table 4 (doses in cGy, volumes in %).
+TABLE4_ROWS = ("PTV D95 (cGy)", "PTV HI", "PTV CI", "Heart mean (cGy)", "Heart V30 (%)",
+               "Ipsilateral lung mean (cGy)", "Ipsilateral lung V5 (%)", "Ipsilateral lung V20 (%)",
+               "Ipsilateral lung V30 (%)", "Whole lung mean (cGy)", "Whole lung V5 (%)", "Whole lung V20 (%)",
+               "Whole lung V30 (%)")
+#: Bai et al. 2021, Table 4: (ground truth mean, sd, MSE mean, sd, sharp gamma=100 mean, sd).
+PAPER_TABLE4 = {
+    "PTV D95 (cGy)": (5000.0, 0.0, 4795.09, 173.60, 4963.0, 96.30),
+    "PTV HI": (0.12, 0.03, 0.42, 0.04, 0.19, 0.02),
+    "PTV CI": (0.83, 0.04, 0.56, 0.08, 0.77, 0.63),
+    "Heart mean (cGy)": (625.42, 125.20, 538.19, 147.21, 644.46, 143.68),
+    "Heart V30 (%)": (4.73, 1.94, 3.0, 1.77, 4.03, 1.77),
+    "Ipsilateral lung mean (cGy)": (1065.04, 46.28, 978.22, 73.49, 1094.99, 125.57),
+    "Ipsilateral lung V5 (%)": (42.63, 2.73, 44.8, 2.53, 45.57, 4.13),
+    "Ipsilateral lung V20 (%)": (19.21, 1.18, 17.02, 1.99, 18.82, 3.12),
+    "Ipsilateral lung V30 (%)": (13.34, 1.28, 9.76, 1.78, 12.99, 2.60),
+    "Whole lung mean (cGy)": (597.11, 67.89, 545.82, 52.60, 623.70, 87.46),
+    "Whole lung V5 (%)": (24.31, 5.90, 23.22, 2.31, 22.94, 3.45),
+    "Whole lung V20 (%)": (9.02, 1.04, 7.99, 1.12, 8.87, 1.83),
+    "Whole lung V30 (%)": (6.28, 0.86, 4.61, 0.81, 6.15, 1.48),
+}
+
+
+# ---- configuration ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SharpConfig:
+    """Everything that defines one run of the experiment.
+
+    ``n_train + n_val + n_test`` phantom breast patients of dataset seed ``seed``
+    are split in this order (cases ``0 .. n_train-1`` train, and so on), so all
+    losses see the same split. ``gammas`` are the sharp-loss sharpness values
+    (an MSE model is always trained too). ``train_seed`` seeds weights and
+    shuffling, identical for every loss.
+    """
+
+    dims: int = 2
+    n_train: int = 20
+    n_val: int = 4
+    n_test: int = 8
+    shape: tuple | None = None
+    spacing: tuple | None = None
+    gammas: tuple = (25.0, 100.0, 500.0)
+    epochs: int = 15
+    depth: int = 4
+    width: int = 16
+    batch_size: int = 2
+    lr: float = 1e-3
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    seed: int = 0
+    train_seed: int = 0
+    n_jobs: int = 1
+    root: str | None = None
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
+        for name in ("n_train", "n_val", "n_test", "epochs", "depth", "width", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.n_test < 2:
+            raise ValueError(f"n_test must be >= 2 for the paired Wilcoxon test, got {self.n_test}")
+        g = tuple(float(x) for x in self.gammas)
+        if not g or any(not np.isfinite(x) or x < 0 for x in g) or len(set(g)) != len(g):
+            raise ValueError(f"gammas must be distinct finite numbers >= 0, got {self.gammas!r}")
+        object.__setattr__(self, "gammas", g)
+        if not (self.lr > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+    @property
+    def n_cases(self) -> int:
+        return self.n_train + self.n_val + self.n_test
+
+
+def default_config(**overrides) -> SharpConfig:
+    """The configuration of the active profile (:func:`rtlearn.config.pick`).
+
+    * quick: 2D breast slices (128 x 128 pixels of 3 mm), 32 train / 8 validation /
+      10 test patients, gamma in {25, 100, 500}, 30 epochs, a small U-Net (4 levels,
+      16 channels): about two minutes on a 2-core CPU.
+    * full: 3D breast volumes (64 x 128 x 128 at 4 x 3 x 3 mm), the paper's scale
+      of 100 training patients (90 to fit, 10 for the validation loss that drives
+      the learning-rate decay) and 10 test patients, all six gammas of the
+      paper, 60 epochs, a 5-level U-Net with 32 channels (as the paper's five
+      down-sampling levels); needs a GPU.
+
+    Keyword arguments override single fields.
+    """
+    from ..config import pick
+
+    quick = SharpConfig(n_train=32, n_val=8, n_test=10, epochs=30, n_jobs=2)
+    full = SharpConfig(dims=3, n_train=90, n_val=10, n_test=10, gammas=PAPER_GAMMAS, epochs=60, depth=5, width=32,
+                       n_jobs=8)
+    return replace(pick(quick=quick, full=full), **overrides)
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+@dataclass
+class SharpData:
+    """The phantom dataset (targets divided by :data:`NORM_GY`) and its fixed split."""
+
+    dataset: object
+    train: list
+    val: list
+    test: list
+
+    @property
+    def roi_names(self) -> tuple:
+        return tuple(self.dataset.roi_names)
+
+    @property
+    def spacing(self) -> tuple:
+        return tuple(float(s) for s in self.dataset.data["spacing"][0])
+
+    def arrays(self, indices):
+        """Reference dose (Gy), body masks and ROI masks (bool) of the cases ``indices``."""
+        d = self.dataset.data
+        idx = np.asarray(indices, dtype=int)
+        return d["dose"][idx, 0].astype(np.float64), d["body"][idx].astype(bool), d["rois"][idx].astype(bool)
+
+
+def load_data(config: SharpConfig, progress: bool = True) -> SharpData:
+    """Make (or load from the cache) the breast phantoms of ``config`` and split them.
+
+    The input is the single-channel ROI-value map of Bai et al. 2021
+    (``inputs="roi_map"`` of :class:`~rtlearn.phantom.PhantomDoseDataset`); the
+    target is the dose divided by 60 Gy (= the paper's dose / 6000 cGy).
+    """
+    from ..phantom import PhantomDoseDataset
+
+    ds = PhantomDoseDataset("breast", n=config.n_cases, seed=config.seed, dims=config.dims, shape=config.shape,
+                            spacing=config.spacing, inputs="roi_map", target_scale=NORM_GY, root=config.root,
+                            progress=progress, n_jobs=config.n_jobs)
+    a, b = config.n_train, config.n_train + config.n_val
+    idx = list(range(config.n_cases))
+    return SharpData(ds, idx[:a], idx[a:b], idx[b:])
+
+
+def dose_imbalance(dose_gy, body, threshold_gy: float = 5.0) -> dict:
+    """How unbalanced the dose is: the argument of Bai et al. 2021 (Discussion) measured on our data.
+
+    Returns the percentage of all voxels outside the body, the percentage of body
+    voxels with a dose below ``threshold_gy`` (5 Gy = the paper's 500 cGy), and the
+    number of voxels.
+    """
+    from .._validate import check_dose, check_mask
+
+    d = check_dose(dose_gy)
+    b = check_mask(body, d.shape, name="body")
+    if not (np.isfinite(threshold_gy) and threshold_gy > 0):
+        raise ValueError(f"threshold_gy must be a positive dose in Gy, got {threshold_gy!r}")
+    n_body = int(b.sum())
+    return {"outside_body_pct": 100.0 * (1.0 - n_body / b.size),
+            "body_below_pct": 100.0 * float(np.count_nonzero(d[b] < threshold_gy)) / n_body,
+            "n_voxels": int(b.size), "n_body": n_body}
+
+
+# ---- training --------------------------------------------------------------------------------------------
+def loss_label(gamma) -> str:
+    """``"MSE"`` for ``None``, else ``"SL γ=100"`` style labels."""
+    return "MSE" if gamma is None else f"SL γ={float(gamma):g}"
+
+
+def make_loss(gamma=None):
+    """Trainer loss ``f(pred, batch)`` on normalised doses over the whole grid (as the paper).
+
+    ``gamma=None`` gives the MSE (Eq. 2 of Bai et al. 2021), a number the sharp
+    loss (Eq. 4) with that sharpness.
+    """
+    from ..losses.sharp import sharp_loss
+
+    if gamma is None:
+        def mse(pred, batch):
+            return F.mse_loss(pred, batch["target"])
+        return mse
+    gamma = float(gamma)
+    if not np.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+
+    def sharp(pred, batch):
+        return sharp_loss(pred, batch["target"], gamma)
+    sharp.__name__ = f"sharp_{gamma:g}"
+    return sharp
+
+
+def _mad_body_cgy(pred, batch):
+    """Validation metric comparable across losses: MAD inside the body in cGy."""
+    m = batch["mask"] > 0.5
+    return float((pred - batch["target"]).abs()[m].mean()) * NORM_GY * 100.0
+
+
+def train_model(gamma, data: SharpData, config: SharpConfig, progress: bool = True):
+    """Train one U-Net with the MSE (``gamma=None``) or the sharp loss; return ``(model, history, seconds)``.
+
+    Same initial weights and batch order for every loss (``config.train_seed``);
+    the weights of the epoch with the lowest validation loss are kept.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from ..models import UNet
+    from ..train import Trainer
+
+    with torch.random.fork_rng(devices=[]):  # identical initial weights for every loss, global RNG untouched
+        torch.manual_seed(config.train_seed)
+        model = UNet(1, 1, dims=config.dims, depth=config.depth, width=config.width, norm="batch")
+    gen = torch.Generator().manual_seed(config.train_seed)
+    train_loader = DataLoader(Subset(data.dataset, data.train), batch_size=config.batch_size, shuffle=True,
+                              generator=gen, drop_last=len(data.train) >= 2 * config.batch_size)
+    val_loader = DataLoader(Subset(data.dataset, data.val), batch_size=config.batch_size)
+    trainer = Trainer(model, make_loss(gamma), lr=config.lr, scheduler="plateau",
+                      plateau_factor=config.plateau_factor, plateau_patience=config.plateau_patience,
+                      metrics={"val_mad_body_cgy": _mad_body_cgy}, seed=config.train_seed, progress=progress,
+                      device=config.device)
+    t0 = time.perf_counter()
+    history = trainer.fit(train_loader, config.epochs, val_loader)
+    return trainer.model, history, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def predict(model, data: SharpData, indices, batch_size: int = 2) -> np.ndarray:
+    """Predicted dose in Gy (model output x 60 Gy) for the cases ``indices``, shape ``(N, *grid)``."""
+    from torch.utils.data import DataLoader, Subset
+
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for batch in DataLoader(Subset(data.dataset, list(indices)), batch_size=batch_size):
+        out.append(model(batch["input"].to(device)).float().cpu().numpy()[:, 0])
+    return np.concatenate(out).astype(np.float64) * NORM_GY
+
+
+# ---- the whole experiment --------------------------------------------------------------------------------
+@dataclass
+class SharpResults:
+    """Test-set predictions and training records of every loss (doses in Gy)."""
+
+    config: SharpConfig
+    labels: list
+    gammas: dict
+    reference: np.ndarray
+    body: np.ndarray
+    rois: np.ndarray
+    roi_names: tuple
+    spacing: tuple
+    rx_gy: float
+    predictions: dict
+    histories: dict
+    val_mad_cgy: dict
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def best_label(self) -> str:
+        """The sharp-loss model with the lowest validation MAD inside the body (chosen without the test set)."""
+        return select_best(self)
+
+    def roi_masks(self, case: int) -> dict:
+        """``{phantom ROI name: mask}`` of test case ``case``."""
+        return {n: self.rois[case, k] for k, n in enumerate(self.roi_names)}
+
+
+def run_experiment(config: SharpConfig | None = None, progress: bool = True, data: SharpData | None = None):
+    """Train the MSE model and one sharp-loss model per gamma; predict the test cases.
+
+    Returns a :class:`SharpResults`. The best gamma is selected on the
+    validation cases (MAD inside the body, cGy), never on the test cases.
+    """
+    config = default_config() if config is None else config
+    data = load_data(config, progress) if data is None else data
+    ref, body, rois = data.arrays(data.test)
+    rx = float(data.dataset.data["rx"][0])
+    labels, gammas, preds, hists, vals, secs = [], {}, {}, {}, {}, {}
+    for gamma in (None,) + tuple(config.gammas):
+        label = loss_label(gamma)
+        model, hist, sec = train_model(gamma, data, config, progress)
+        labels.append(label)
+        gammas[label] = gamma
+        preds[label] = predict(model, data, data.test, config.batch_size)
+        vp = predict(model, data, data.val, config.batch_size)
+        vref, vbody, _ = data.arrays(data.val)
+        vals[label] = mad(vp, vref, vbody) * 100.0
+        hists[label] = hist
+        secs[label] = sec
+    return SharpResults(config, labels, gammas, ref, body, rois, data.roi_names, data.spacing, rx, preds, hists,
+                        vals, secs)
+
+
+def select_best(results: SharpResults) -> str:
+    """Label of the sharp-loss model with the lowest validation MAD inside the body."""
+    sharp = [lab for lab in results.labels if results.gammas[lab] is not None]
+    if not sharp:
+        raise ValueError("no sharp-loss model in the results")
+    return min(sharp, key=lambda lab: results.val_mad_cgy[lab])
+
+
+# ---- tables ----------------------------------------------------------------------------------------------
+def _band_name(lo, hi):
+    return f"> {lo:g} cGy" if not np.isfinite(hi) else f"{lo:g}-{hi:g} cGy"
+
+
+def table1(results: SharpResults) -> dict:
+    """Table 1 of Bai et al. 2021 on our test cases; MAD in cGy, voxels pooled over all test cases.
+
+    Returns ``{"rows": {row: {label: value}}, "gradient": {band row: cGy/mm}, "n": {row: voxels}}``.
+    Dose bands are taken inside the body on the reference dose; "Std" is the
+    standard deviation of the signed error (prediction - reference) inside the
+    body; the gradient column is the mean :math:`|\\nabla D|` of the reference in
+    each band (in-plane only for 2D slices).
+    """
+    ref = results.reference * 100.0
+    body = results.body
+    rows = {r: {} for r in TABLE1_ROWS}
+    counts = {"Whole region": ref.size, "Outside the body": int((~body).sum()), "Inside the body": int(body.sum())}
+    for lab in results.labels:
+        p = results.predictions[lab] * 100.0
+        rows["Whole region"][lab] = mad(p, ref)
+        rows["Outside the body"][lab] = mad(p, ref, ~body)
+        rows["Inside the body"][lab] = mad(p, ref, body)
+        for (lo, hi), v in mad_by_dose_band(p, ref, DOSE_BANDS_CGY, mask=body).items():
+            rows[_band_name(lo, hi)][lab] = v["mad"]
+            counts[_band_name(lo, hi)] = v["n"]
+        rows["Std"][lab] = float(np.std((p - ref)[body]))
+    # mean gradient per band: per case (the gradient needs the grid), pooled by voxel counts
+    sp = results.spacing
+    grad_sum, grad_n = {}, {}
+    for c in range(ref.shape[0]):
+        g = mean_gradient_by_band(ref[c], sp, DOSE_BANDS_CGY, mask=body[c])
+        n = mad_by_dose_band(ref[c], ref[c], DOSE_BANDS_CGY, mask=body[c])
+        for key, val in g.items():
+            name = _band_name(*key)
+            if n[key]["n"]:
+                grad_sum[name] = grad_sum.get(name, 0.0) + val * n[key]["n"]
+                grad_n[name] = grad_n.get(name, 0) + n[key]["n"]
+    gradient = {name: grad_sum[name] / grad_n[name] if grad_n.get(name) else float("nan")
+                for name in (_band_name(lo, hi) for lo, hi in zip(DOSE_BANDS_CGY[:-1], DOSE_BANDS_CGY[1:]))}
+    return {"rows": rows, "gradient": gradient, "n": counts}
+
+
+def per_roi_mad(results: SharpResults) -> dict:
+    """``{label: {paper ROI name: array of per-test-case MAD (cGy)}}`` (NaN where a case lacks the ROI)."""
+    out = {}
+    for lab in results.labels:
+        per = {ROI_LABELS.get(n, n): [] for n in results.roi_names}
+        for c in range(results.reference.shape[0]):
+            vals = mad_per_roi(results.predictions[lab][c] * 100.0, results.reference[c] * 100.0,
+                               results.roi_masks(c))
+            for n, v in vals.items():
+                per[ROI_LABELS.get(n, n)].append(v)
+        out[lab] = {k: np.asarray(v) for k, v in per.items()}
+    return out
+
+
+def table2(results: SharpResults) -> dict:
+    """Table 2 of Bai et al. 2021: ``{ROI: {label: mean MAD over test cases (cGy)}}``."""
+    per = per_roi_mad(results)
+    rois = list(next(iter(per.values())))
+    return {r: {lab: float(np.nanmean(per[lab][r])) if np.isfinite(per[lab][r]).any() else float("nan")
+                for lab in results.labels} for r in rois}
+
+
+def table3(results: SharpResults, label: str | None = None) -> dict:
+    """Table 3 of Bai et al. 2021: MSE vs one sharp-loss model (default: the best on validation).
+
+    ``{ROI: wilcoxon_summary(...)}`` with keys ``MSE_mean, MSE_sd, SL_mean, SL_sd, p, n`` and more
+    (MAD in cGy, two-sided Wilcoxon signed-rank test over the test cases).
+    """
+    label = results.best_label if label is None else label
+    if label not in results.predictions:
+        raise ValueError(f"no model {label!r}; have {results.labels}")
+    per = per_roi_mad(results)
+    return {r: wilcoxon_summary(per["MSE"][r], per[label][r], names=("MSE", "SL")) for r in per["MSE"]}
+
+
+def _clinical(dose_gy, masks: dict, rx_gy: float) -> dict:
+    """The metrics of Table 4 of Bai et al. 2021 for one case (doses in cGy, volumes in %)."""
+    d = np.clip(dose_gy, 0.0, None)  # a linear output layer can give small negative doses
+    out = {}
+    ptv = masks.get("PTV")
+    nan = float("nan")
+    if ptv is not None and ptv.any():
+        out["PTV D95 (cGy)"] = 100.0 * dvh.dose_at_volume(d, ptv, 95)
+        out["PTV HI"] = dvh.homogeneity_index(d, ptv, rx_gy)
+        out["PTV CI"] = dvh.conformation_index(d, ptv, rx_gy)
+    heart = masks.get("Heart")
+    if heart is not None and heart.any():
+        out["Heart mean (cGy)"] = 100.0 * dvh.mean_dose(d, heart)
+        out["Heart V30 (%)"] = 100.0 * dvh.volume_at_dose(d, heart, 30.0)
+    lungs = {"Ipsilateral lung": masks.get("Lung_L")}
+    if masks.get("Lung_L") is not None and masks.get("Lung_R") is not None:
+        lungs["Whole lung"] = masks["Lung_L"] | masks["Lung_R"]
+    for name, m in lungs.items():
+        if m is None or not m.any():
+            continue
+        out[f"{name} mean (cGy)"] = 100.0 * dvh.mean_dose(d, m)
+        for v in (5, 20, 30):
+            out[f"{name} V{v} (%)"] = 100.0 * dvh.volume_at_dose(d, m, float(v))
+    return {k: out.get(k, nan) for k in TABLE4_ROWS}
+
+
+def table4(results: SharpResults, labels=None) -> dict:
+    """Table 4 of Bai et al. 2021: ``{metric: {"Ground truth"|label: (mean, sd)}}`` over test cases.
+
+    HI = (D1 - D99) / Rx and CI = V(PTV and Rx)^2 / (V_PTV V_Rx) with Rx the
+    phantom's 50 Gy (the paper's 5000 cGy); negative predicted doses are set
+    to 0 before the DVH metrics.
+    """
+    labels = ["MSE", results.best_label] if labels is None else list(labels)
+    cols = {"Ground truth": results.reference, **{lab: results.predictions[lab] for lab in labels}}
+    out = {k: {} for k in TABLE4_ROWS}
+    for col, doses in cols.items():
+        vals = np.array([[_clinical(doses[c], results.roi_masks(c), results.rx_gy)[k] for k in TABLE4_ROWS]
+                         for c in range(doses.shape[0])])
+        for j, k in enumerate(TABLE4_ROWS):
+            v = vals[:, j][np.isfinite(vals[:, j])]
+            out[k][col] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")) if v.size else \
+                (float("nan"), float("nan"))
+    return out
+
+
+def markdown_table(header, rows, fmt: str = "{:.2f}") -> str:
+    """A Markdown table from a header and rows of cells (numbers formatted with ``fmt``; NaN as "–")."""
+    def cell(x):
+        if isinstance(x, (float, np.floating)):
+            return "–" if not np.isfinite(x) else fmt.format(x)
+        return str(x)
+
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---- figures ---------------------------------------------------------------------------------------------
+def plot_training_curves(results: SharpResults, axes=None):
+    """Training and validation loss per loss function (their Fig. 1), plus the validation MAD inside the body.
+
+    Loss values of different losses are not on the same scale (the sharp loss
+    down-weights voxels), so the third panel shows a common yardstick.
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    for lab in results.labels:
+        h = results.histories[lab]
+        ep = h["epoch"]
+        line, = axes[0].plot(ep, h["train_loss"], label=lab)
+        axes[1].plot(ep, h["val_loss"], color=line.get_color(), label=lab)
+        axes[2].plot(ep, h["val_mad_body_cgy"], color=line.get_color(), label=lab)
+    for ax, t in zip(axes, ("training loss", "validation loss", "validation MAD inside the body")):
+        ax.set_xlabel("epoch")
+        ax.set_title(t)
+    axes[0].set_ylabel("loss (normalised dose²)")
+    axes[1].set_ylabel("loss (normalised dose²)")
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("MAD (cGy)")
+    axes[2].legend(fontsize=8)
+    return axes
+
+
+def plot_roi_boxplots(results: SharpResults, ax=None):
+    """Box plots of the per-case MAD of each ROI for every loss (their Fig. 2)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 3.8))
+    per = per_roi_mad(results)
+    rois = list(next(iter(per.values())))
+    k = len(results.labels)
+    w = 0.8 / k
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, lab in enumerate(results.labels):
+        data = [per[lab][r][np.isfinite(per[lab][r])] for r in rois]
+        pos = np.arange(len(rois)) - 0.4 + w * (j + 0.5)
+        bp = ax.boxplot(data, positions=pos, widths=w * 0.9, patch_artist=True, showfliers=True,
+                        medianprops=dict(color="k"), flierprops=dict(markersize=3))
+        for b in bp["boxes"]:
+            b.set_facecolor(colors[j % len(colors)])
+            b.set_alpha(0.75)
+        ax.plot([], [], "s", color=colors[j % len(colors)], label=lab)
+    ax.set_xticks(np.arange(len(rois)))
+    ax.set_xticklabels(rois)
+    ax.set_ylabel("MAD per test case (cGy)")
+    ax.legend(fontsize=8, ncol=min(k, 4))
+    return ax
+
+
+def plot_sample(results: SharpResults, case: int = 0, labels=None, slice_index=None):
+    """Reference and predicted doses of one test case with their DVHs (their Fig. 4). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .. import plotting
+
+    labels = ["MSE", results.best_label] if labels is None else list(labels)
+    if not 0 <= case < results.reference.shape[0]:
+        raise ValueError(f"case must be in [0, {results.reference.shape[0]}), got {case}")
+    masks = {ROI_LABELS.get(n, n): m for n, m in results.roi_masks(case).items() if m.any()}
+    ref = results.reference[case]
+    preds = {lab: np.clip(results.predictions[lab][case], 0.0, None) for lab in labels}
+    if ref.ndim == 3:  # 3D: show the slice through the PTV centre unless told
+        z = int(np.argwhere(results.rois[case, 0]).mean(axis=0)[0]) if slice_index is None else slice_index
+        sl = lambda a: a[z]  # noqa: E731
+        sp2 = results.spacing[1:]
+    else:
+        sl = lambda a: a  # noqa: E731
+        sp2 = results.spacing
+    vmax = max(float(ref.max()), *(float(p.max()) for p in preds.values()))
+    fig, axes = plt.subplots(1, 2 + len(labels), figsize=(4.2 * (2 + len(labels)), 3.8))
+    smasks = {n: sl(m) for n, m in masks.items()}
+    plotting.dose_slice(axes[0], sl(ref), smasks, spacing=sp2, vmax=vmax, title="ground truth", legend=False)
+    for ax, lab in zip(axes[1:], labels):
+        plotting.dose_slice(ax, sl(preds[lab]), smasks, spacing=sp2, vmax=vmax, title=lab, legend=lab == labels[-1])
+    ax = axes[-1]
+    colors = plotting.structure_colors(list(masks))
+    top = vmax * 1.02
+    bins = np.linspace(0, top, 300)
+    styles = ["--", ":", "-."]
+    for name, m in masks.items():
+        x, v = dvh.cumulative_dvh(ref, m, bins=bins)
+        ax.plot(x, 100 * v, color=colors[name], lw=1.5, label=name)
+        for s, lab in zip(styles, labels):
+            x, v = dvh.cumulative_dvh(preds[lab], m, bins=bins)
+            ax.plot(x, 100 * v, color=colors[name], lw=1.2, ls=s)
+    from matplotlib.lines import Line2D
+
+    h, lbl = ax.get_legend_handles_labels()
+    h += [Line2D([], [], color="k", lw=1.5)] + [Line2D([], [], color="k", ls=s) for s in styles[:len(labels)]]
+    lbl += ["ground truth"] + labels
+    ax.legend(h, lbl, fontsize=7)
+    ax.set_xlabel("dose (Gy)")
+    ax.set_ylabel("volume (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title("DVH")
+    if not fig.get_layout_engine():  # the book's style already uses constrained layout
+        fig.set_layout_engine("constrained")
+    return fig
