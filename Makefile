@@ -58,7 +58,7 @@ nbval: $(STAMP)
 	RTLEARN_PROFILE=quick $(PY) -m pytest --nbval-lax --nbval-current-env -q $(NOTEBOOKS)
 
 test: $(STAMP)
-	RTLEARN_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -p no:cacheprovider
+	RTLEARN_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
 
 clean:
 	rm -rf _build _build.log .pytest_cache
