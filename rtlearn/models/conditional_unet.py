@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .unet import _layers, _norm
+
 __all__ = ["ConditionalUNet", "depth_dropout"]
 
 _ACTIVATIONS = {None: nn.Identity, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
@@ -52,27 +54,6 @@ def depth_dropout(n_levels: int, rate_initial: float = 0.2, layer_max: int | Non
         raise ValueError(f"layer_max must be an integer >= 1, got {layer_max!r}")
     rates = [round(rate_initial * min(level, layer_max) / layer_max, 12) for level in range(n_levels)]
     return rates
-
-
-def _layers(dims):
-    if dims == 2:
-        return nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.BatchNorm2d, nn.InstanceNorm2d
-    if dims == 3:
-        return nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.BatchNorm3d, nn.InstanceNorm3d
-    raise ValueError(f"dims must be 2 or 3, got {dims!r}")
-
-
-def _norm(kind, channels, dims):
-    *_, bn, inorm = _layers(dims)
-    if kind is None:
-        return nn.Identity()
-    if kind == "batch":
-        return bn(channels)
-    if kind == "instance":
-        return inorm(channels, affine=True)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    raise ValueError(f"norm must be 'batch', 'instance', 'group' or None, got {kind!r}")
 
 
 def _block(cin, cout, dims, norm, p):

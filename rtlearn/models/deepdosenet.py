@@ -36,28 +36,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .unet import _layers
+from .unet import _norm as _unet_norm
+
 __all__ = ["DeepDoseNet", "ResBlock", "DilatedDenseBlock", "PAPER_DILATIONS"]
 
 #: Dilation rates of the MFA block in :cite:p:`soomro2022deepdosenet`.
 PAPER_DILATIONS = (1, 2, 5, 9)
 
 
-def _layers(dims):
-    if dims == 2:
-        return nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.BatchNorm2d
-    if dims == 3:
-        return nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.BatchNorm3d
-    raise ValueError(f"dims must be 2 or 3, got {dims!r}")
-
-
 def _norm(channels, dims, norm):
-    if norm is None:
-        return nn.Identity()
-    if norm == "batch":
-        return _layers(dims)[3](channels)
-    if norm == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    raise ValueError(f"norm must be 'batch', 'group' or None, got {norm!r}")
+    return _unet_norm(norm, channels, dims)
 
 
 class ResBlock(nn.Module):
@@ -155,7 +144,7 @@ class DeepDoseNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 1, dims: int = 3, depth: int = 3, width: int = 32,
                  growth: int | None = None, dilations=PAPER_DILATIONS, norm="batch", final_activation="relu"):
         super().__init__()
-        conv, up, pool, _ = _layers(dims)
+        conv, up, pool, *_ = _layers(dims)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("depth", depth),
                         ("width", width)):
             if not isinstance(v, int) or v < 1:
