@@ -226,3 +226,79 @@ def test_3d_path_smoke(tmp_path):
     sharp.table4(res)
     sharp.plot_sample(res, 1)
     plt.close("all")
+
+
+# ---- OpenKBP (head and neck) --------------------------------------------------------------------------------
+def test_openkbp_config_rules():
+    with pytest.raises(ValueError, match="dims=3"):
+        sharp.SharpConfig(source="openkbp", dims=2)
+    with pytest.raises(ValueError, match="source"):
+        sharp.SharpConfig(source="prostate")
+    with pytest.raises(ValueError, match="downsample"):
+        sharp.SharpConfig(dims=3, source="openkbp", downsample=3)
+    assert sharp.default_config(source="openkbp").dims == 3
+    # targets above organs at risk above the rest of the body above outside
+    v = sharp.OPENKBP_ROI_VALUES
+    assert v["PTV70"] > v["PTV63"] > v["PTV56"] > max(v[k] for k in v if not k.startswith("PTV"))
+    assert min(v.values()) > sharp.OPENKBP_BODY_VALUE > 0
+
+
+def _block_mean(a, f):
+    z, y, x = a.shape
+    return a.reshape(z // f, f, y // f, f, x // f, f).mean(axis=(1, 3, 5))
+
+
+def test_openkbp_end_to_end(shared_data):
+    """The OpenKBP path on 3 tiny splits (32³ grid), checked against the raw archives."""
+    import matplotlib.pyplot as plt
+
+    from rtlearn.data.openkbp import load_patient, to_zyx
+    from rtlearn.data.openkbp_format import ROI_NAMES
+
+    root = shared_data / "openkbp"
+    cfg = sharp.SharpConfig(dims=3, source="openkbp", n_train=2, n_val=2, n_test=3, downsample=4,
+                            gammas=(100.0,), epochs=2, depth=2, width=4, root=str(root))
+    data = sharp.load_data(cfg, progress=False)
+    assert isinstance(data, sharp.OpenKBPSharpData)
+    assert data.patients(data.train) == ["pt_1", "pt_2"] and data.patients(data.val) == ["pt_201", "pt_202"]
+    assert data.patients(data.test) == ["pt_241", "pt_242", "pt_243"]
+    res = sharp.run_experiment(cfg, progress=False, data=data)
+    assert res.predictions["SL γ=100"].shape == res.reference.shape == (3, 32, 32, 32)
+    assert res.roi_names == ROI_NAMES and res.rx_gy == 70.0 and res.patients == data.patients(data.test)
+
+    # reference dose, body and input against the raw archive of the first test patient
+    raw = load_patient("pt_241", "test", root)
+    dose = to_zyx(raw["dose_cgy"]).astype(np.float64) / 100.0
+    np.testing.assert_allclose(res.reference[0], _block_mean(dose, 4), rtol=1e-5, atol=1e-4)
+    pdm = to_zyx(raw["possible_dose_mask"])
+    np.testing.assert_array_equal(res.body[0], _block_mean(pdm.astype(float), 4) > 0.5)
+    vd = raw["voxel_dimensions"]
+    assert res.case_spacing[0] == pytest.approx((4 * vd[2], 4 * vd[0], 4 * vd[1]))
+    roi_map = np.where(pdm, sharp.OPENKBP_BODY_VALUE, 0.0)
+    for name, value in sorted(sharp.OPENKBP_ROI_VALUES.items(), key=lambda kv: kv[1]):  # highest value painted last
+        if name in raw:
+            roi_map[to_zyx(raw[name])] = value
+    item = data.dataset[data.test[0]]
+    np.testing.assert_allclose(item["input"][0].numpy(), _block_mean(roi_map, 4), atol=1e-6)
+    np.testing.assert_allclose(item["target"][0].numpy() * 60.0, res.reference[0], rtol=1e-5, atol=1e-4)
+
+    # tables use OpenKBP's names; the breast Table 4 refuses; the challenge scores are finite
+    t2 = sharp.table2(res)
+    assert list(t2) == list(ROI_NAMES)
+    assert np.isfinite(t2["PTV70"]["MSE"])
+    t3 = sharp.table3(res, "SL γ=100")
+    assert "PTV70" in t3 and all(s["n"] >= 2 for s in t3.values())
+    assert np.isfinite(sharp.table1(res)["rows"]["Inside the body"]["SL γ=100"])
+    with pytest.raises(ValueError, match="openkbp_scores"):
+        sharp.table4(res)
+    sc = sharp.openkbp_scores(res)
+    pred = np.clip(res.predictions["MSE"][0], 0, None) * res.body[0]
+    e0 = np.abs(pred - res.reference[0]).sum() / res.body[0].sum()
+    assert sc["MSE"]["dose_score"] >= 0 and np.isfinite(sc["MSE"]["dvh_score"])
+    per_case = [np.abs(np.clip(res.predictions["MSE"][c], 0, None) * res.body[c] - res.reference[c]).sum()
+                / res.body[c].sum() for c in range(3)]
+    assert per_case[0] == pytest.approx(e0) and sc["MSE"]["dose_score"] == pytest.approx(np.mean(per_case))
+    with pytest.raises(ValueError):
+        sharp.openkbp_scores(_fake_results())
+    sharp.plot_sample(res, 0)
+    plt.close("all")

@@ -23,6 +23,18 @@ Typical use (the chapter "The sharp loss")::
 
 The paper's own numbers are kept in ``PAPER_TABLE1`` ... ``PAPER_TABLE4`` so that
 the chapter can print them beside ours, labelled as the paper's.
+
+The same sweep runs on the OpenKBP head-and-neck data (``source="openkbp"``,
+:func:`load_openkbp`): a different site from the paper's breast patients. The
+single-channel input is our adaptation of the paper's ROI map to head and neck
+(:data:`OPENKBP_ROI_VALUES`: PTV70 1.0, PTV63 0.9, PTV56 0.8, then the organs
+at risk at decreasing values, the rest of the possible-dose mask 0.1, outside
+0), the target is still dose / 60 Gy (the paper's 6000 cGy, chosen for a 50 Gy
+breast prescription; with 70 Gy H&N plans the normalised PTV70 dose is about
+1.17 and the sharp-loss demarcation dose :math:`D_0` sits lower relative to the
+prescription), the official train / validation / test split is kept, and
+patients without a reference dose are skipped. "Inside the body" then means
+inside OpenKBP's possible-dose mask.
 """
 from __future__ import annotations
 
@@ -42,6 +54,8 @@ __all__ = [
     "default_config", "load_data", "loss_label", "make_loss", "train_model", "predict", "dose_imbalance",
     "run_experiment", "table1", "per_roi_mad", "table2", "table3", "table4", "select_best", "markdown_table",
     "plot_training_curves", "plot_roi_boxplots", "plot_sample",
+    "SOURCES", "OPENKBP_ROI_VALUES", "OPENKBP_BODY_VALUE", "OPENKBP_RX_GY", "OpenKBPRoiMapDataset", "OpenKBPSharpData",
+    "load_openkbp", "openkbp_scores",
 ]
 
 #: Normalisation dose in Gy: Bai et al. divide the dose by 6000 cGy = 60 Gy.
@@ -51,6 +65,19 @@ PAPER_GAMMAS = (1.0, 25.0, 50.0, 100.0, 250.0, 500.0)
 #: Phantom ROI names -> the paper's names (left-sided breast: the left lung is ipsilateral).
 ROI_LABELS = {"PTV": "PTV", "Lung_L": "Ipsilateral lung", "Heart": "Heart", "Lung_R": "Contralateral lung",
               "SpinalCord": "Spinal cord"}
+
+#: Data sources of the experiment: the phantom breast clinic (the paper's site) or OpenKBP (head and neck).
+SOURCES = ("phantom", "openkbp")
+#: Our adaptation of the paper's ROI-value map to OpenKBP's head-and-neck ROIs (not the paper's: the paper
+#: had breast ROIs only). Targets first, then organs at risk at decreasing values; where ROIs overlap the
+#: highest value wins (as the PTV does in the paper's map).
+OPENKBP_ROI_VALUES = {"PTV70": 1.0, "PTV63": 0.9, "PTV56": 0.8, "Brainstem": 0.7, "SpinalCord": 0.6,
+                      "RightParotid": 0.5, "LeftParotid": 0.45, "Mandible": 0.4, "Larynx": 0.3,
+                      "Esophagus": 0.2}
+#: Value of the rest of OpenKBP's possible-dose mask (the "other tissue" of the paper's map); outside it is 0.
+OPENKBP_BODY_VALUE = 0.1
+#: The highest OpenKBP prescription (PTV70), in Gy; used as the Rx of HI/CI-type metrics.
+OPENKBP_RX_GY = 70.0
 
 # ---- the paper's numbers (Bai et al. 2021), quoted for comparison ------------------------------------------
 #: Discussion of Bai et al. 2021: % of test voxels outside the body; % of body voxels below 500 cGy.
@@ -124,6 +151,13 @@ class SharpConfig:
     losses see the same split. ``gammas`` are the sharp-loss sharpness values
     (an MSE model is always trained too). ``train_seed`` seeds weights and
     shuffling, identical for every loss.
+
+    ``source="openkbp"`` uses OpenKBP instead (3D only): the first ``n_train``,
+    ``n_val`` and ``n_test`` patients with a reference dose of the official
+    train, validation and test splits (all of them if fewer), on the 128³ grid
+    averaged over blocks of ``downsample`` voxels per axis; ``root`` is then the
+    OpenKBP dataset folder (:func:`rtlearn.data.openkbp.find_openkbp`) and
+    ``shape``, ``spacing``, ``seed`` and ``n_jobs`` are unused.
     """
 
     dims: int = 2
@@ -145,10 +179,19 @@ class SharpConfig:
     n_jobs: int = 1
     root: str | None = None
     device: str | None = None
+    source: str = "phantom"
+    downsample: int = 1
 
     def __post_init__(self):
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.source == "openkbp" and self.dims != 3:
+            raise ValueError(f"source='openkbp' runs on 3D volumes: use dims=3, got dims={self.dims}")
+        if self.downsample not in (1, 2, 4, 8) or isinstance(self.downsample, bool):
+            raise ValueError(f"downsample must be 1, 2, 4 or 8 (a divisor of OpenKBP's 128 grid), "
+                             f"got {self.downsample!r}")
         for name in ("n_train", "n_val", "n_test", "epochs", "depth", "width", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -179,13 +222,28 @@ def default_config(**overrides) -> SharpConfig:
       paper, 60 epochs, a 5-level U-Net with 32 channels (as the paper's five
       down-sampling levels); needs a GPU.
 
+    With ``source="openkbp"`` (head and neck, 3D only):
+
+    * full: every OpenKBP patient with a dose of the official split (up to 200
+      train / 40 validation / 100 test) on the full 128³ grid, all six gammas,
+      40 epochs, the same 5-level U-Net with 32 channels; needs a GPU.
+    * quick: a CPU-sized stand-in (20 / 5 / 10 patients, grid averaged over 4³
+      blocks to 32³, gamma in {25, 100, 500}, 10 epochs, a 3-level U-Net with
+      8 channels), only a smoke test of the pipeline, not a result.
+
     Keyword arguments override single fields.
     """
     from ..config import pick
 
-    quick = SharpConfig(n_train=32, n_val=8, n_test=10, epochs=30, n_jobs=2)
-    full = SharpConfig(dims=3, n_train=90, n_val=10, n_test=10, gammas=PAPER_GAMMAS, epochs=60, depth=5, width=32,
-                       n_jobs=8)
+    if overrides.get("source", "phantom") == "openkbp":
+        quick = SharpConfig(dims=3, source="openkbp", n_train=20, n_val=5, n_test=10, downsample=4, epochs=10,
+                            depth=3, width=8)
+        full = SharpConfig(dims=3, source="openkbp", n_train=200, n_val=40, n_test=100, gammas=PAPER_GAMMAS,
+                           epochs=40, depth=5, width=32)
+    else:
+        quick = SharpConfig(n_train=32, n_val=8, n_test=10, epochs=30, n_jobs=2)
+        full = SharpConfig(dims=3, n_train=90, n_val=10, n_test=10, gammas=PAPER_GAMMAS, epochs=60, depth=5,
+                           width=32, n_jobs=8)
     return replace(pick(quick=quick, full=full), **overrides)
 
 
@@ -207,6 +265,15 @@ class SharpData:
     def spacing(self) -> tuple:
         return tuple(float(s) for s in self.dataset.data["spacing"][0])
 
+    @property
+    def rx_gy(self) -> float:
+        """Prescription dose in Gy (the phantoms' 50 Gy)."""
+        return float(self.dataset.data["rx"][0])
+
+    def case_spacing(self, indices) -> list:
+        """Voxel spacing (mm, array-axis order) of each case of ``indices`` (all equal for phantoms)."""
+        return [self.spacing for _ in indices]
+
     def arrays(self, indices):
         """Reference dose (Gy), body masks and ROI masks (bool) of the cases ``indices``."""
         d = self.dataset.data
@@ -217,10 +284,14 @@ class SharpData:
 def load_data(config: SharpConfig, progress: bool = True) -> SharpData:
     """Make (or load from the cache) the breast phantoms of ``config`` and split them.
 
+    With ``config.source == "openkbp"`` this returns :func:`load_openkbp` instead.
+
     The input is the single-channel ROI-value map of Bai et al. 2021
     (``inputs="roi_map"`` of :class:`~rtlearn.phantom.PhantomDoseDataset`); the
     target is the dose divided by 60 Gy (= the paper's dose / 6000 cGy).
     """
+    if config.source == "openkbp":
+        return load_openkbp(config, progress)
     from ..phantom import PhantomDoseDataset
 
     ds = PhantomDoseDataset("breast", n=config.n_cases, seed=config.seed, dims=config.dims, shape=config.shape,
@@ -229,6 +300,148 @@ def load_data(config: SharpConfig, progress: bool = True) -> SharpData:
     a, b = config.n_train, config.n_train + config.n_val
     idx = list(range(config.n_cases))
     return SharpData(ds, idx[:a], idx[a:b], idx[b:])
+
+
+class OpenKBPRoiMapDataset(torch.utils.data.Dataset):
+    r"""OpenKBP patients as the sharp-loss experiment's items: ROI-value map in, dose / 60 Gy out.
+
+    Wraps 3D :class:`rtlearn.data.openkbp.OpenKBPDataset` objects (inputs: the ten
+    ROI masks and the possible-dose mask, full 128³ grid) and serves
+    ``{"input": (1, Z, Y, X), "target": (1, Z, Y, X), "mask": (1, Z, Y, X)}``:
+
+    .. math:: x = \max\big(v_{\text{body}}\,M,\ \max_k v_k R_k\big), \qquad y = \text{dose}_{\text{Gy}} / 60
+
+    with :math:`R_k` the ROI masks, :math:`v_k` their values (:data:`OPENKBP_ROI_VALUES`),
+    :math:`M` the possible-dose mask and :math:`v_{\text{body}}` = :data:`OPENKBP_BODY_VALUE`
+    (our adaptation of the single-channel map of Bai et al. 2021). The map is built
+    on the full grid, then input, target and mask are averaged over blocks of
+    ``downsample`` voxels per axis. ``cache=True`` keeps the served items in memory
+    (fast epochs on a GPU machine; about 24 MB per patient at 128³ in float32).
+    """
+
+    def __init__(self, datasets, downsample: int = 1, cache: bool = False):
+        from ..data.openkbp_format import ROI_NAMES
+
+        self.datasets = list(datasets)
+        self.downsample = int(downsample)
+        self.index = [(d, i) for d in self.datasets for i in range(len(d))]
+        self.roi_names = tuple(ROI_NAMES)
+        self.values = torch.tensor([OPENKBP_ROI_VALUES[n] for n in ROI_NAMES], dtype=torch.float32)
+        self._cache = {} if cache else None
+
+    def __len__(self):
+        return len(self.index)
+
+    def _pool(self, a):
+        f = self.downsample
+        return a if f == 1 else F.avg_pool3d(a[None], f)[0]
+
+    def __getitem__(self, k):
+        if self._cache is not None and k in self._cache:
+            return self._cache[k]
+        ds, i = self.index[k]
+        item = ds[i]
+        x = item["input"]                      # (10 ROIs + possible-dose mask, Z, Y, X)
+        rois, pdm = x[:10], x[10:11]
+        roi_map = torch.maximum((self.values[:, None, None, None] * rois).amax(0, keepdim=True),
+                                OPENKBP_BODY_VALUE * pdm)
+        out = {"input": self._pool(roi_map), "target": self._pool(item["target"] / NORM_GY),
+               "mask": self._pool(pdm), "patient": item["patient"]}
+        if self._cache is not None:
+            self._cache[k] = out
+        return out
+
+    def patient(self, k) -> tuple:
+        """``(OpenKBPDataset, patient id)`` of item ``k``."""
+        ds, i = self.index[k]
+        return ds, ds.index[i][0]
+
+
+@dataclass
+class OpenKBPSharpData(SharpData):
+    """OpenKBP (head and neck) in the experiment's split; ``dataset`` is an :class:`OpenKBPRoiMapDataset`.
+
+    Reference arrays are on the served grid (averaged over ``downsample``-blocks;
+    the body and ROI masks are the blocks more than half inside).
+    """
+
+    @property
+    def roi_names(self) -> tuple:
+        return tuple(self.dataset.roi_names)
+
+    @property
+    def spacing(self) -> tuple:
+        return self.case_spacing(self.test[:1])[0]
+
+    @property
+    def rx_gy(self) -> float:
+        return OPENKBP_RX_GY
+
+    def patients(self, indices) -> list:
+        """OpenKBP patient ids of the cases ``indices``."""
+        return [self.dataset.patient(i)[1] for i in indices]
+
+    def case_spacing(self, indices) -> list:
+        from ..data.openkbp_format import spacing_zyx
+
+        f = self.dataset.downsample
+        out = []
+        for i in indices:
+            ds, pid = self.dataset.patient(i)
+            vd = ds.records[pid]["voxel_dimensions"]
+            out.append(tuple(f * s for s in spacing_zyx(vd)))
+        return out
+
+    def arrays(self, indices):
+        doses, bodies, rois = [], [], []
+        for i in indices:
+            ds, pid = self.dataset.patient(i)
+            item = ds[ds.slices_of(pid)[0]]
+            x = item["input"][None]
+            f = self.dataset.downsample
+            pooled = x if f == 1 else F.avg_pool3d(x, f)
+            rois.append(pooled[0, :10].numpy() > 0.5)
+            bodies.append(pooled[0, 10].numpy() > 0.5)
+            t = item["target"][None]
+            doses.append((t if f == 1 else F.avg_pool3d(t, f))[0, 0].numpy().astype(np.float64))
+        return np.stack(doses), np.stack(bodies), np.stack(rois)
+
+
+def load_openkbp(config: SharpConfig, progress: bool = True) -> OpenKBPSharpData:
+    """OpenKBP's official train / validation / test patients for the experiment (``config.source == "openkbp"``).
+
+    Takes the first ``config.n_train`` / ``n_val`` / ``n_test`` patients that have
+    a reference dose and a possible-dose mask in each official split (all if fewer;
+    the others are skipped and named). Raises ``FileNotFoundError`` with download
+    instructions (``python data_scripts/download_openkbp.py``) when the data are absent.
+    """
+    from ..data.openkbp import OpenKBPDataset, find_openkbp, list_patients
+
+    root = find_openkbp(config.root)
+    usable = None
+    manifest = root / "manifest.json"
+    if manifest.is_file():
+        import json
+
+        usable = {k for k, v in json.loads(manifest.read_text()).items()
+                  if "dose_cgy" in v and "possible_dose_mask" in v}
+    parts = []
+    for split, n in (("train", config.n_train), ("validation", config.n_val), ("test", config.n_test)):
+        ids = list_patients(split, root)
+        if usable is not None:
+            missing = [p for p in ids if f"{split}/{p}" not in usable]
+            ids = [p for p in ids if f"{split}/{p}" in usable]
+            if missing and progress:
+                print(f"OpenKBP {split}: skipping {len(missing)} patient(s) without a dose: {', '.join(missing)}")
+        parts.append(OpenKBPDataset(split, root, dims=3, inputs=("rois", "possible_dose_mask"), patients=ids[:n],
+                                    progress=progress, verbose=progress))
+    if len(parts[2]) < 2:
+        raise ValueError(f"need at least 2 OpenKBP test patients with a dose, got {len(parts[2])}")
+    ds = OpenKBPRoiMapDataset(parts, downsample=config.downsample, cache=config.device not in (None, "cpu")
+                              or torch.cuda.is_available())
+    a, b = len(parts[0]), len(parts[0]) + len(parts[1])
+    idx = list(range(len(ds)))
+    return OpenKBPSharpData(ds, idx[:a], idx[a:b], idx[b:])
 
 
 def dose_imbalance(dose_gy, body, threshold_gy: float = 5.0) -> dict:
@@ -342,6 +555,8 @@ class SharpResults:
     histories: dict
     val_mad_cgy: dict
     seconds: dict = field(default_factory=dict)
+    case_spacing: list | None = None
+    patients: list | None = None
 
     @property
     def best_label(self) -> str:
@@ -362,7 +577,8 @@ def run_experiment(config: SharpConfig | None = None, progress: bool = True, dat
     config = default_config() if config is None else config
     data = load_data(config, progress) if data is None else data
     ref, body, rois = data.arrays(data.test)
-    rx = float(data.dataset.data["rx"][0])
+    vref, vbody, _ = data.arrays(data.val)
+    rx = data.rx_gy
     labels, gammas, preds, hists, vals, secs = [], {}, {}, {}, {}, {}
     for gamma in (None,) + tuple(config.gammas):
         label = loss_label(gamma)
@@ -371,12 +587,12 @@ def run_experiment(config: SharpConfig | None = None, progress: bool = True, dat
         gammas[label] = gamma
         preds[label] = predict(model, data, data.test, config.batch_size)
         vp = predict(model, data, data.val, config.batch_size)
-        vref, vbody, _ = data.arrays(data.val)
         vals[label] = mad(vp, vref, vbody) * 100.0
         hists[label] = hist
         secs[label] = sec
+    pats = data.patients(data.test) if hasattr(data, "patients") else None
     return SharpResults(config, labels, gammas, ref, body, rois, data.roi_names, data.spacing, rx, preds, hists,
-                        vals, secs)
+                        vals, secs, data.case_spacing(data.test), pats)
 
 
 def select_best(results: SharpResults) -> str:
@@ -415,9 +631,9 @@ def table1(results: SharpResults) -> dict:
             counts[_band_name(lo, hi)] = v["n"]
         rows["Std"][lab] = float(np.std((p - ref)[body]))
     # mean gradient per band: per case (the gradient needs the grid), pooled by voxel counts
-    sp = results.spacing
     grad_sum, grad_n = {}, {}
     for c in range(ref.shape[0]):
+        sp = results.case_spacing[c] if results.case_spacing else results.spacing
         g = mean_gradient_by_band(ref[c], sp, DOSE_BANDS_CGY, mask=body[c])
         n = mad_by_dose_band(ref[c], ref[c], DOSE_BANDS_CGY, mask=body[c])
         for key, val in g.items():
@@ -431,15 +647,19 @@ def table1(results: SharpResults) -> dict:
 
 
 def per_roi_mad(results: SharpResults) -> dict:
-    """``{label: {paper ROI name: array of per-test-case MAD (cGy)}}`` (NaN where a case lacks the ROI)."""
+    """``{label: {ROI name: array of per-test-case MAD (cGy)}}`` (NaN where a case lacks the ROI).
+
+    Phantom ROIs get the paper's names (:data:`ROI_LABELS`); OpenKBP ROIs keep OpenKBP's names.
+    """
+    names = ROI_LABELS if results.config.source == "phantom" else {}
     out = {}
     for lab in results.labels:
-        per = {ROI_LABELS.get(n, n): [] for n in results.roi_names}
+        per = {names.get(n, n): [] for n in results.roi_names}
         for c in range(results.reference.shape[0]):
             vals = mad_per_roi(results.predictions[lab][c] * 100.0, results.reference[c] * 100.0,
                                results.roi_masks(c))
             for n, v in vals.items():
-                per[ROI_LABELS.get(n, n)].append(v)
+                per[names.get(n, n)].append(v)
         out[lab] = {k: np.asarray(v) for k, v in per.items()}
     return out
 
@@ -456,13 +676,15 @@ def table3(results: SharpResults, label: str | None = None) -> dict:
     """Table 3 of Bai et al. 2021: MSE vs one sharp-loss model (default: the best on validation).
 
     ``{ROI: wilcoxon_summary(...)}`` with keys ``MSE_mean, MSE_sd, SL_mean, SL_sd, p, n`` and more
-    (MAD in cGy, two-sided Wilcoxon signed-rank test over the test cases).
+    (MAD in cGy, two-sided Wilcoxon signed-rank test over the test cases). ROIs contoured
+    in fewer than two test cases (possible with OpenKBP) are left out.
     """
     label = results.best_label if label is None else label
     if label not in results.predictions:
         raise ValueError(f"no model {label!r}; have {results.labels}")
     per = per_roi_mad(results)
-    return {r: wilcoxon_summary(per["MSE"][r], per[label][r], names=("MSE", "SL")) for r in per["MSE"]}
+    return {r: wilcoxon_summary(per["MSE"][r], per[label][r], names=("MSE", "SL")) for r in per["MSE"]
+            if np.count_nonzero(np.isfinite(per["MSE"][r]) & np.isfinite(per[label][r])) >= 2}
 
 
 def _clinical(dose_gy, masks: dict, rx_gy: float) -> dict:
@@ -498,6 +720,9 @@ def table4(results: SharpResults, labels=None) -> dict:
     phantom's 50 Gy (the paper's 5000 cGy); negative predicted doses are set
     to 0 before the DVH metrics.
     """
+    if results.config.source != "phantom":
+        raise ValueError("table4 holds the breast metrics of Bai et al.'s Table 4; for OpenKBP (head and neck) "
+                         "use openkbp_scores(results)")
     labels = ["MSE", results.best_label] if labels is None else list(labels)
     cols = {"Ground truth": results.reference, **{lab: results.predictions[lab] for lab in labels}}
     out = {k: {} for k in TABLE4_ROWS}
@@ -508,6 +733,32 @@ def table4(results: SharpResults, labels=None) -> dict:
             v = vals[:, j][np.isfinite(vals[:, j])]
             out[k][col] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")) if v.size else \
                 (float("nan"), float("nan"))
+    return out
+
+
+def openkbp_scores(results: SharpResults, labels=None) -> dict:
+    """OpenKBP's dose score and DVH score (Gy) of each model on the test patients (Babier et al. 2021).
+
+    Returns ``{label: {"dose_score": Gy, "dvh_score": Gy}}`` computed with
+    :mod:`rtlearn.metrics.openkbp` (predictions multiplied by the possible-dose
+    mask and clipped at 0, as the challenge's baseline). With ``downsample > 1``
+    they are computed on the coarse grid and are not comparable with the
+    challenge's leaderboard.
+    """
+    from ..metrics.openkbp import dose_score, dvh_score
+
+    if results.config.source != "openkbp":
+        raise ValueError(f"openkbp_scores needs results of source='openkbp', got {results.config.source!r}")
+    labels = results.labels if labels is None else list(labels)
+    n = results.reference.shape[0]
+    rois = [{name: results.rois[c, k] for k, name in enumerate(results.roi_names) if results.rois[c, k].any()}
+            for c in range(n)]
+    out = {}
+    for lab in labels:
+        preds = [np.clip(results.predictions[lab][c], 0.0, None) * results.body[c] for c in range(n)]
+        refs = list(results.reference)
+        out[lab] = {"dose_score": dose_score(preds, refs, list(results.body)),
+                    "dvh_score": dvh_score(preds, refs, rois, list(results.case_spacing))}
     return out
 
 
@@ -588,11 +839,15 @@ def plot_sample(results: SharpResults, case: int = 0, labels=None, slice_index=N
     labels = ["MSE", results.best_label] if labels is None else list(labels)
     if not 0 <= case < results.reference.shape[0]:
         raise ValueError(f"case must be in [0, {results.reference.shape[0]}), got {case}")
-    masks = {ROI_LABELS.get(n, n): m for n, m in results.roi_masks(case).items() if m.any()}
+    names = ROI_LABELS if results.config.source == "phantom" else {}
+    masks = {names.get(n, n): m for n, m in results.roi_masks(case).items() if m.any()}
     ref = results.reference[case]
     preds = {lab: np.clip(results.predictions[lab][case], 0.0, None) for lab in labels}
-    if ref.ndim == 3:  # 3D: show the slice through the PTV centre unless told
-        z = int(np.argwhere(results.rois[case, 0]).mean(axis=0)[0]) if slice_index is None else slice_index
+    if ref.ndim == 3:  # 3D: show the slice through the (highest) PTV's centre unless told
+        ptvs = [k for k, n in enumerate(results.roi_names) if n.startswith("PTV") and results.rois[case, k].any()]
+        centre = results.rois[case, max(ptvs, key=lambda k: OPENKBP_ROI_VALUES.get(results.roi_names[k], 1.0))] \
+            if ptvs else results.body[case]
+        z = int(np.argwhere(centre).mean(axis=0)[0]) if slice_index is None else slice_index
         sl = lambda a: a[z]  # noqa: E731
         sp2 = results.spacing[1:]
     else:
