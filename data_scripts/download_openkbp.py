@@ -13,7 +13,7 @@ What it does, per split:
    checks each file's size and git SHA-1 before renaming it into place (an interrupted
    download never leaves a file that looks complete);
 3. converts each patient to ``<root>/openkbp/<split>/pt_N.npz`` and updates
-   ``manifest.json`` (:func:`rtlearn.data.openkbp_prepare.prepare_patient`), then deletes
+   ``manifest.json`` (:func:`rtlearn.data.openkbp.prepare.prepare_patient`), then deletes
    its CSVs unless ``--keep-csv``.
 
 Running it again skips prepared patients and already verified files, so no work is done
@@ -194,10 +194,10 @@ def run(root: Path, splits, ref: str = DEFAULT_REF, keep_csv: bool = False, work
     """Download and prepare ``splits`` under ``root``; returns counts per split."""
     from tqdm.auto import tqdm
 
-    from rtlearn.data.openkbp_prepare import manifest_keys, prepare_patient, update_manifest
+    from rtlearn.data.openkbp.prepare import manifest_keys, prepare_patient, update_manifest
     from rtlearn.io import save_npz
 
-    from rtlearn.data.openkbp_format import patient_ids
+    from rtlearn.data.openkbp.format import patient_ids
 
     out_root = root / "openkbp"
     raw = root / "openkbp-release"

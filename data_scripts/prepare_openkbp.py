@@ -21,8 +21,8 @@ if str(REPO_ROOT) not in sys.path:
 
 def main(argv=None) -> int:
     from rtlearn.config import data_root
-    from rtlearn.data.openkbp_format import RELEASE_SPLIT_DIRS, SPLITS
-    from rtlearn.data.openkbp_prepare import prepare_split
+    from rtlearn.data.openkbp.format import RELEASE_SPLIT_DIRS, SPLITS
+    from rtlearn.data.openkbp.prepare import prepare_split
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("provided_data", type=Path, help="the release's provided-data folder")

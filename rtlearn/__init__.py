@@ -15,14 +15,14 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "config", "io", "dvh", "metrics", "models", "train", "plotting", "losses",
-    "phantom", "data", "book", "toy", "augment", "pareto", "experiments",
+    "phantom", "data", "book", "toy", "pareto", "experiments", "tables", "rois", "bench", "study",
 }
 
 __all__ = sorted(_SUBMODULES) + ["__version__", "profile"]
 
 
 def profile() -> str:
-    """Return the active profile, ``"quick"`` or ``"full"`` (see :func:`rtlearn.config.profile`)."""
+    """Return the active profile, ``"quick"``, ``"study"`` or ``"full"`` (see :func:`rtlearn.config.profile`)."""
     from .config import profile as _profile
 
     return _profile()

@@ -89,3 +89,13 @@ def check_positive(value, name: str) -> float:
     if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def check_int(value, name: str, low: int = 1) -> int:
+    """Return ``value`` as an ``int``, requiring an integer (not a bool) ``>= low``.
+
+    Raises ``ValueError("<name> must be an integer >= <low>, got <value>")`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)

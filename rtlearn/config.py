@@ -3,14 +3,20 @@
 One switch, the environment variable ``RTLEARN_PROFILE``, selects how big every
 experiment in the book is:
 
-``quick``
-    small phantom data, 2D, CPU; each chapter runs in a few minutes on 2 cores.
-    This is what CI and nbval run, and the default wherever there is no CUDA device.
+``quick`` (the default, on every machine, with or without a GPU)
+    small phantom data, 2D; each chapter runs in a few minutes on 2 CPU cores.
+    A demonstration: this is what CI and nbval run.
+``study``
+    the largest honest experiment a 2-core CPU can run: several seeds, training
+    to convergence (early stopping on validation), recorded in ``results/`` by
+    ``python -m rtlearn.study`` and shown in the chapters.
 ``full``
-    the real experiment (OpenKBP or large phantom sets, 3D) on a GPU.
-    The default when a CUDA device is present.
+    the papers' scale (OpenKBP or large phantom sets, 3D) on a GPU.
 
-The same code path runs in both profiles; only sizes change.
+``study`` and ``full`` are opt-in: a GPU runtime with the variable unset still
+gets ``quick``, never hours of training. The same code path runs in every
+profile; only sizes change, and each chapter's ``default_config(profile)`` is
+the one place where a profile is turned into sizes.
 """
 from __future__ import annotations
 
@@ -18,23 +24,17 @@ import os
 import random
 from pathlib import Path
 
-PROFILES = ("quick", "full")
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return False
-    return torch.cuda.is_available()
+PROFILES = ("quick", "study", "full")
+#: The profile used when ``RTLEARN_PROFILE`` is unset, on every machine.
+DEFAULT_PROFILE = "quick"
 
 
 def profile() -> str:
     """Return the active profile name.
 
-    Reads ``RTLEARN_PROFILE`` (``quick`` or ``full``, case-insensitive). When it
-    is unset, the profile is ``full`` if a CUDA device is available and ``quick``
-    otherwise.
+    Reads ``RTLEARN_PROFILE`` (``quick``, ``study`` or ``full``,
+    case-insensitive). When it is unset or empty the profile is ``quick``,
+    also on a machine with a GPU: the bigger profiles are opt-in.
 
     Raises
     ------
@@ -43,22 +43,40 @@ def profile() -> str:
     """
     value = os.environ.get("RTLEARN_PROFILE", "").strip().lower()
     if not value:
-        return "full" if _cuda_available() else "quick"
-    if value not in PROFILES:
-        raise ValueError(
-            f"RTLEARN_PROFILE={value!r} is not a profile; use one of {PROFILES}."
-        )
-    return value
+        return DEFAULT_PROFILE
+    return check_profile(value, "RTLEARN_PROFILE")
 
 
-def pick(quick, full):
-    """Return ``quick`` or ``full`` according to the active :func:`profile`.
+def check_profile(name, what: str = "profile") -> str:
+    """Return ``name`` lower-cased if it is one of :data:`PROFILES`; raise a clear ``ValueError`` otherwise."""
+    if not isinstance(name, str) or name.strip().lower() not in PROFILES:
+        raise ValueError(f"{what}={name!r} is not a profile; use one of {PROFILES}.")
+    return name.strip().lower()
+
+
+_UNSET = object()
+
+
+def pick(quick, full, study=_UNSET, *, profile_name: str | None = None):
+    """Return the value for ``profile_name`` (default: the active :func:`profile`).
+
+    Meant for a chapter's ``default_config(profile)``, the one place where a
+    profile becomes sizes. ``study`` must be given explicitly when the profile
+    is ``study``: a study size is never guessed from the other two.
 
     Examples
     --------
-    >>> n_train = pick(quick=16, full=100)  # doctest: +SKIP
+    >>> pick(quick=16, full=100, study=48, profile_name="study")
+    48
     """
-    return quick if profile() == "quick" else full
+    name = profile() if profile_name is None else check_profile(profile_name)
+    if name == "quick":
+        return quick
+    if name == "full":
+        return full
+    if study is _UNSET:
+        raise ValueError("this setting has no 'study' value; pass pick(..., study=...) for the study profile")
+    return study
 
 
 def get_device(prefer: str | None = None):

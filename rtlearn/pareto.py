@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ._validate import as_numpy, check_positive, is_torch
+from ._validate import as_numpy, check_int, check_positive, is_torch
 
 __all__ = [
     "PAPER_STRUCTURES",
@@ -59,9 +59,8 @@ def dvh_dose_points(n_bins: int = PAPER_N_BINS, max_dose: float = DEFAULT_MAX_RE
     The first point (:math:`d_0 = 0`) always gives 1; it is kept so that
     every curve starts at full volume, as a plotted DVH does.
     """
-    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 2:
-        raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
-    return np.linspace(0.0, check_positive(max_dose, "max_dose"), int(n_bins))
+    n_bins = check_int(n_bins, "n_bins", 2)
+    return np.linspace(0.0, check_positive(max_dose, "max_dose"), n_bins)
 
 
 def _as_tensor(x, name):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import as_numpy, check_dose, check_mask
+from .dvh import cumulative_dvh
 
 __all__ = ["set_style", "structure_colors", "dose_slice", "plot_dvh", "plot_history", "DOSE_CMAP"]
 
@@ -113,8 +114,6 @@ def plot_dvh(ax=None, dose_true=None, masks: dict | None = None, dose_pred=None,
 
     ``labels`` names the solid and dashed line styles in the legend (e.g. ``("plan A", "plan B")``).
     """
-    from .dvh import cumulative_dvh
-
     ax = _axes(ax)
     d = check_dose(dose_true, "dose_true")
     if not masks:

@@ -34,7 +34,7 @@ from torch import nn
 from .config import get_device, seed_everything
 from .io import torch_save
 
-__all__ = ["Trainer", "History", "fit", "on_keys", "to_device"]
+__all__ = ["Trainer", "History", "FitResult", "fit", "seeded", "on_keys", "to_device"]
 
 
 def to_device(batch, device, channels_last: bool = False):
@@ -344,8 +344,131 @@ class Trainer:
         return self.history
 
 
-def fit(model: nn.Module, train_loader, loss_fn: Callable, epochs: int, val_loader=None, **kwargs):
-    """Functional shortcut: build a :class:`Trainer` with ``kwargs``, fit, and return ``(trainer, history)``."""
-    trainer = Trainer(model, loss_fn, **kwargs)
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run the block with torch's global generator seeded with ``seed``, then restore it.
+
+    Used to build a model: the same seed gives the same initial weights for
+    every loss of a comparison, and the caller's random stream is untouched.
+
+    Examples
+    --------
+    >>> with seeded(0):                       # doctest: +SKIP
+    ...     model = UNet(1, 1, dims=2)
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model, its history, the wall time and the trainer."""
+
+    model: nn.Module
+    history: History
+    seconds: float
+    trainer: "Trainer"
+
+    @property
+    def epochs(self) -> int:
+        """Number of epochs run (fewer than asked when early stopping ended the run)."""
+        return len(self.history)
+
+    @property
+    def best_epoch(self):
+        """The epoch whose weights the model holds when the best weights were restored."""
+        return self.history.best_epoch
+
+
+def _batch_loss(loss: Callable, targets) -> Callable:
+    """``loss(pred, *[batch[k] for k in targets])`` as the trainer's ``loss_fn(pred, batch)``."""
+    if targets is None:
+        return loss
+    keys = (targets,) if isinstance(targets, str) else tuple(targets)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"targets must be a batch key, a tuple of batch keys or None, got {targets!r}")
+
+    def loss_fn(pred, batch):
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"the loss needs batch key(s) {missing}; the batch has {sorted(batch)}")
+        return loss(pred, *[batch[k] for k in keys])
+
+    loss_fn.__name__ = getattr(loss, "__name__", type(loss).__name__)
+    return loss_fn
+
+
+def _loader(data, batch_size: int, shuffle: bool, seed: int, drop_last: bool, num_workers: int):
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(data, DataLoader):
+        return data
+    if not isinstance(data, Dataset):
+        raise TypeError(f"expected a torch Dataset or DataLoader, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError("the dataset is empty")
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def fit(model: nn.Module, loss: Callable, train, *, epochs: int, val=None, batch_size: int = 8,
+        val_batch_size: int | None = None, seed: int = 0, targets=("target",), drop_last: bool = False,
+        num_workers: int = 0, **trainer_kwargs) -> FitResult:
+    """Train ``model`` with ``loss`` on ``train``: the one training entry point of every chapter.
+
+    The composition a chapter shows is ``model`` + a loss object + ``fit``::
+
+        with seeded(seed):
+            model = UNet(1, 1, dims=2)
+        result = fit(model, SharpLoss(gamma=100), train_set, val=val_set, epochs=30, seed=seed,
+                     targets=("target", "mask"))
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network, already initialised (build it inside :func:`seeded` so every
+        loss of a comparison starts from the same weights).
+    loss : callable
+        A loss object such as :class:`rtlearn.losses.SharpLoss`. It is called as
+        ``loss(pred, *[batch[k] for k in targets])``; with ``targets=None`` as
+        ``loss(pred, batch)`` (losses that read several entries of the batch).
+    train, val : Dataset or DataLoader
+        Datasets of dict items. A dataset is wrapped in a loader that shuffles
+        with a generator seeded by ``seed`` (so the batch order depends on the
+        seed alone); a loader is used as it is.
+    epochs : int
+        The most epochs to train (``early_stopping`` may end sooner).
+    batch_size, val_batch_size, drop_last, num_workers
+        Loader settings (``val_batch_size`` defaults to ``batch_size``).
+    seed : int
+        Seeds the shuffling and the trainer (dropout, per-epoch reseeding).
+    **trainer_kwargs
+        Everything else goes to :class:`Trainer` (``lr``, ``scheduler``,
+        ``early_stopping``, ``metrics``, ``frozen``, ``input_keys``, ``device`` ...).
+
+    Returns
+    -------
+    FitResult
+        ``model`` (on the training device; the best validation weights when a
+        validation set is given and ``restore_best`` is on), ``history``,
+        ``seconds`` (wall time of the training) and ``trainer``.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "batch_size"):
+            raise ValueError(f"{name} must be a {'positive' if name == 'batch_size' else 'non-negative'} int, "
+                             f"got {value!r}")
+    if not callable(loss):
+        raise TypeError(f"loss must be callable (a loss object), got {type(loss).__name__}")
+    train_loader = _loader(train, batch_size, True, seed, drop_last, num_workers)
+    val_loader = None if val is None else _loader(val, val_batch_size or batch_size, False, seed, False,
+                                                  num_workers)
+    trainer = Trainer(model, _batch_loss(loss, targets), seed=seed, **trainer_kwargs)
+    t0 = time.perf_counter()
     history = trainer.fit(train_loader, epochs, val_loader)
-    return trainer, history
+    return FitResult(trainer.model, history, time.perf_counter() - t0, trainer)

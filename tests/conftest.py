@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared real-data copy (skips when absent) and a temporary cache dir."""
+"""Shared fixtures: the shared real-data copy (skips when absent), a temporary cache dir, a phantom OpenKBP copy."""
 from __future__ import annotations
 
 import os
@@ -30,3 +30,12 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
     """An empty RTLEARN_DATA directory for the test."""
     monkeypatch.setenv("RTLEARN_DATA", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def phantom_openkbp(tmp_path_factory) -> Path:
+    """A small phantom stand-in for OpenKBP in the packed format (2 train, 1 validation, 1 test patient)."""
+    from rtlearn.data.openkbp.phantom import write_phantom_openkbp
+
+    return write_phantom_openkbp(tmp_path_factory.mktemp("ph") / "openkbp",
+                                 counts={"train": 2, "validation": 1, "test": 1}, progress=False)

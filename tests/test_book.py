@@ -89,20 +89,6 @@ def test_import_is_fast_and_light():
     assert out[1:] == ["False", "False"], "import rtlearn must not import torch or matplotlib"
 
 
-def test_profile_switch(monkeypatch):
-    monkeypatch.setenv("RTLEARN_PROFILE", "full")
-    assert config.profile() == "full" and config.pick(1, 2) == 2
-    monkeypatch.setenv("RTLEARN_PROFILE", "Quick")
-    assert config.profile() == "quick" and config.pick(1, 2) == 1
-    monkeypatch.setenv("RTLEARN_PROFILE", "fast")
-    with pytest.raises(ValueError, match="RTLEARN_PROFILE"):
-        config.profile()
-    monkeypatch.delenv("RTLEARN_PROFILE")
-    import torch
-
-    assert config.profile() == ("full" if torch.cuda.is_available() else "quick")
-
-
 def test_data_root_order(tmp_path, monkeypatch):
     monkeypatch.setenv("RTLEARN_DATA", str(tmp_path / "env"))
     assert config.data_root() == tmp_path / "env"

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rtlearn.train import Trainer, fit, on_keys
+from rtlearn.train import FitResult, Trainer, fit, on_keys, seeded
 
 
 class Toy(Dataset):
@@ -40,8 +40,10 @@ def _loader(seed=0):
 
 def test_learns_with_conditioning_input():
     torch.manual_seed(0)
-    tr, hist = fit(CondNet(), _loader(), on_keys(nn.functional.mse_loss), epochs=40, lr=0.05,
-                   input_keys=("input", "cond"), val_loader=_loader(1), progress=False, device="cpu")
+    res = fit(CondNet(), nn.functional.mse_loss, Toy(), batch_size=4, epochs=40, lr=0.05,
+              input_keys=("input", "cond"), val=Toy(seed=1), progress=False, device="cpu")
+    hist = res.history
+    assert isinstance(res, FitResult) and res.epochs == 40 and res.seconds > 0
     assert hist["train_loss"][-1] < 0.05 * hist["train_loss"][0]
     assert hist["val_loss"][-1] < 1e-2
     assert len(hist) == 40 and hist.best_epoch is not None
@@ -51,8 +53,8 @@ def test_deterministic_same_seed():
     def run():
         torch.manual_seed(123)
         net = CondNet()
-        _, h = fit(net, _loader(), on_keys(nn.functional.mse_loss), epochs=3, input_keys=("input", "cond"),
-                   seed=7, progress=False, device="cpu")
+        h = fit(net, nn.functional.mse_loss, Toy(), batch_size=4, epochs=3, input_keys=("input", "cond"),
+                seed=7, progress=False, device="cpu").history
         return h["train_loss"], [p.detach().clone() for p in net.parameters()]
 
     (l1, p1), (l2, p2) = run(), run()
@@ -146,3 +148,60 @@ def test_bad_inputs():
     with pytest.raises(KeyError, match="no key"):
         Trainer(nn.Conv2d(1, 1, 1), on_keys(nn.functional.mse_loss), input_keys=("image",),
                 progress=False, device="cpu").fit(_loader(), epochs=1)
+
+
+def test_fit_passes_the_named_batch_keys_to_the_loss_object():
+    seen = []
+
+    def masked(pred, target, mask):
+        seen.append(mask.shape)
+        return ((pred - target) ** 2 * mask).mean()
+
+    class Masked(Toy):
+        def __getitem__(self, i):
+            return {**super().__getitem__(i), "mask": torch.ones(1, 8, 8)}
+
+    fit(CondNet(), masked, Masked(), epochs=1, batch_size=4, input_keys=("input", "cond"),
+        targets=("target", "mask"), progress=False, device="cpu")
+    assert seen and seen[0] == (4, 1, 8, 8)
+    with pytest.raises(KeyError, match="mask"):
+        fit(CondNet(), masked, Toy(), epochs=1, batch_size=4, input_keys=("input", "cond"),
+            targets=("target", "mask"), progress=False, device="cpu")
+    # targets=None hands the loss the whole batch
+    res = fit(CondNet(), lambda p, b: ((p - b["target"]) ** 2).mean(), Toy(), epochs=1, batch_size=4,
+              input_keys=("input", "cond"), targets=None, progress=False, device="cpu")
+    assert math.isfinite(res.history["train_loss"][0])
+
+
+def test_fit_order_depends_on_the_seed_only_and_seeded_restores_the_rng():
+    def run(seed):
+        with seeded(3):
+            net = CondNet()
+        return fit(net, nn.functional.mse_loss, Toy(), epochs=2, batch_size=4, seed=seed,
+                   input_keys=("input", "cond"), progress=False, device="cpu").history["train_loss"]
+
+    assert run(5) == run(5) and run(5) != run(6)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    with seeded(99):
+        torch.rand(10)
+    assert torch.equal(torch.rand(1), before)
+    with seeded(1):
+        a = CondNet().conv.weight.clone()
+    with seeded(1):
+        b = CondNet().conv.weight.clone()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kw, err", [({"epochs": 0}, ValueError), ({"epochs": True}, ValueError),
+                                     ({"batch_size": 0}, ValueError), ({"epochs": 1, "loss": "mse"}, TypeError),
+                                     ({"targets": ()}, ValueError), ({"train": [1, 2]}, TypeError)])
+def test_fit_bad_arguments(kw, err):
+    args = {"loss": nn.functional.mse_loss, "train": Toy(), "epochs": 1, **kw}
+    with pytest.raises(err):
+        fit(CondNet(), args.pop("loss"), args.pop("train"), input_keys=("input", "cond"), progress=False,
+            device="cpu", **args)
+    with pytest.raises(ValueError, match="seed"):
+        with seeded(-1):
+            pass

@@ -5,21 +5,23 @@ Pipeline of the chapter "Dose-guided segmentation":
 1. **Dose predictor** :math:`M_D(S_T, S_{OR}, I_{CT})`: a :class:`~rtlearn.models.CascadeUNet`
    trained with deep supervision on phantom brain cases whose doses are
    re-optimised plans (:func:`rtlearn.phantom.plan_for_target`) on the true GTV and
-   on perturbed GTVs (:mod:`rtlearn.augment`), so that it responds to imperfect
+   on perturbed GTVs (:mod:`rtlearn.phantom.perturb`), so that it responds to imperfect
    masks (:func:`dose_predictor_data`, :func:`train_dose_predictor`).
 2. **Segmentation** :math:`M_S(I_{MR}) \to \hat S_T`: a U-Net on the four
    MR-like channels, trained with BCE + SoftDice (the paper's baseline), BCE +
    :math:`\lambda L_{DSL}` through the frozen predictor (DOSELO, soft
    probabilities, autograd on), the reference code's hard/no-grad variant
    (which is BCE alone), and -- beyond the paper -- a straight-through variant
-   (binary mask forward, soft gradient back) and BCE + :math:`\lambda` times the
-   squared dose difference through a differentiable *beam surrogate* of the
-   dose engine (:class:`BeamSurrogate`) (:func:`train_segmenter`).
+   (binary mask forward, soft gradient back;
+   :class:`~rtlearn.losses.dose_guided.StraightThroughDoseGuidedLoss`) and BCE +
+   :math:`\lambda` times the squared dose difference through a differentiable
+   *beam surrogate* of the dose engine (:class:`~rtlearn.phantom.surrogate.BeamSurrogate`,
+   :func:`~rtlearn.losses.dose_guided.surrogate_guided_loss`) (:func:`train_segmenter`).
 3. **Evaluation**: every predicted GTV is planned with the phantom clinic's
    optimiser (GTV + 5 mm = PTV, 60 Gy), as is the true GTV; the two *true*
    doses are compared with the RMAE of Eq. (5) (floored denominator,
    :func:`rtlearn.metrics.rmae`), plus Dice, HD and HD95 in mm
-   (:func:`evaluate_segmentations`, :func:`summarise`).
+   (:func:`rtlearn.metrics.hausdorff`; :func:`evaluate_segmentations`, :func:`summarise`).
 
 Every function is seeded; the same arguments give the same numbers.
 """
@@ -33,22 +35,27 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from ..augment import KINDS, perturbed_targets
-from ..losses.dose_guided import (BCESoftDiceLoss, DoseGuidedLoss, binary_cross_entropy, dose_segmentation_loss,
-                                  freeze, true_target_dose)
+from .._validate import check_int
+from ..losses.cascade import CascadeLoss
+from ..losses.dose_guided import (BCESoftDiceLoss, DoseGuidedLoss, StraightThroughDoseGuidedLoss,
+                                  binary_cross_entropy, freeze, surrogate_guided_loss, true_target_dose)
 from ..metrics.dosimetric import RMAE_FLOOR_FRACTION, rmae
-from ..metrics.segmentation import dice, surface_distances
-from ..models.cascade import CascadeLoss, CascadeUNet
+from ..metrics.segmentation import dice, hausdorff
+from ..metrics.stats import wilcoxon_summary
+from ..models.cascade import CascadeUNet
+from ..models.scaled import ScaledDose
 from ..models.unet import UNet
-from ..phantom import DoseEngine, default_angles, make_patient, plan_for_target
+from ..phantom import make_patient, plan_for_target
 from ..phantom.datasets import case_seed
+from ..phantom.perturb import KINDS, perturbed_targets, shift_target
+from ..phantom.surrogate import BeamSurrogate
+from ..train import Trainer, on_keys
 
 __all__ = [
     "OAR_NAMES", "MR_NAMES", "PTV_MARGIN_MM", "RX_GY", "PAPER", "LOSSES",
     "brain_cases", "cv_splits", "plan_dose", "predictor_input", "dose_predictor_data", "ArrayDataset",
-    "ScaledDose", "train_dose_predictor", "predictor_accuracy", "BeamSurrogate", "surrogate_guided_loss",
-    "segmentation_data", "straight_through", "train_segmenter", "predict_masks", "evaluate_segmentations", "hausdorff",
-    "far_false_positives", "summarise", "blob_demo",
+    "train_dose_predictor", "predictor_accuracy", "segmentation_data", "train_segmenter", "predict_masks",
+    "evaluate_segmentations", "far_false_positives", "summarise", "blob_demo",
 ]
 
 #: organs at risk given to the dose predictor, one channel each (``S_OR``)
@@ -72,12 +79,6 @@ LOSSES = ("bce_dice", "bce", "doselo", "doselo_hard", "doselo_st", "engine")
 # ---------------------------------------------------------------------------------------------------------------
 # cases and plans
 # ---------------------------------------------------------------------------------------------------------------
-def _check_int(value, name, low=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 def brain_cases(n: int, seed: int = 0, shape=(64, 64), spacing=3.6) -> list:
     """``n`` seeded 2D phantom brains (:func:`rtlearn.phantom.make_patient`).
 
@@ -86,7 +87,7 @@ def brain_cases(n: int, seed: int = 0, shape=(64, 64), spacing=3.6) -> list:
     The default 64 x 64 grid at 3.6 mm covers the same 230 mm field of view as
     the phantom's default 128 x 128 at 1.8 mm.
     """
-    _check_int(n, "n")
+    check_int(n, "n")
     return [make_patient("brain", case_seed(seed, i), dims=2, shape=tuple(shape), spacing=spacing)
             for i in range(n)]
 
@@ -122,14 +123,14 @@ def dose_predictor_data(patients, n_perturb: int = 3, seed: int = 0, max_iter: i
 
     Perturbations (dilated, eroded, shifted, spurious blobs; kinds cycling, the
     cycle starting one kind later for each patient) come
-    from :func:`rtlearn.augment.perturbed_targets` with seed ``[seed, i]`` for
+    from :func:`rtlearn.phantom.perturb.perturbed_targets` with seed ``[seed, i]`` for
     patient ``i`` and stay inside the body; each has its own re-optimised dose.
 
     Margins and shift lengths default to ranges in whole voxels (margin
     :math:`[s, \max(6, 2.5 s)]` mm, shift :math:`[1.5 s, \max(10, 3 s)]` mm with
     :math:`s` the largest voxel size), so that no perturbation rounds to the
     unperturbed target on a coarse grid; ``perturb_kw`` overrides them (see
-    :func:`rtlearn.augment.perturb_target`).
+    :func:`rtlearn.phantom.perturb.perturb_target`).
 
     Returns
     -------
@@ -138,7 +139,7 @@ def dose_predictor_data(patients, n_perturb: int = 3, seed: int = 0, max_iter: i
         ``mask`` (body, N x 1 x H x W), ``case`` (patient index), ``kind``
         (``"reference"`` or the perturbation), ``seconds`` (planning time).
     """
-    _check_int(n_perturb, "n_perturb", 0)
+    check_int(n_perturb, "n_perturb", 0)
     from tqdm.auto import tqdm
 
     if not patients:
@@ -197,8 +198,8 @@ def cv_splits(n: int, n_folds: int = 5, seed: int = 0, test_fraction: float = 0.
     folds whose sizes differ by at most one, each the test set once (the paper's
     five-fold CV).
     """
-    _check_int(n, "n", 2)
-    _check_int(n_folds, "n_folds")
+    check_int(n, "n", 2)
+    check_int(n_folds, "n_folds")
     if n_folds > n:
         raise ValueError(f"n_folds ({n_folds}) cannot exceed the number of cases ({n})")
     perm = np.random.default_rng(seed).permutation(n)
@@ -214,44 +215,19 @@ def cv_splits(n: int, n_folds: int = 5, seed: int = 0, test_fraction: float = 0.
 # ---------------------------------------------------------------------------------------------------------------
 # the dose predictor
 # ---------------------------------------------------------------------------------------------------------------
-class ScaledDose(nn.Module):
-    """A dose network whose outputs are multiplied by a fixed ``scale`` (Gy).
-
-    The network learns the dose in units of the prescription (values near 1,
-    easy for a freshly initialised network); the wrapper returns Gy, so the
-    DOSELO loss is in Gy^2 as in the paper. Stage tuples of a cascade are scaled
-    stage by stage; ``in_channels`` is exposed for the channel check of
-    :mod:`rtlearn.losses.dose_guided`.
-    """
-
-    def __init__(self, net: nn.Module, scale: float = RX_GY):
-        super().__init__()
-        self.net = net
-        self.scale = float(scale)
-        self.in_channels = getattr(net, "in_channels", None)
-
-    def forward(self, x, **kw):
-        out = self.net(x, **kw)
-        if isinstance(out, (tuple, list)):
-            return tuple(o * self.scale for o in out)
-        return out * self.scale
-
-
 def train_dose_predictor(data: dict, epochs: int = 30, width=8, depth: int = 3, lr: float = 2e-3,
                          batch_size: int = 16, seed: int = 0, device=None, progress: bool = False):
     r"""Train the cascade :math:`M_D` with deep supervision.
 
     .. math:: 0.5\,\mathrm{MSE}_M(\hat D^{(1)}, D) + \mathrm{MSE}_M(\hat D^{(2)}, D)
 
-    The cascade predicts dose / 60 Gy and is wrapped in :class:`ScaledDose`
-    (outputs in Gy). Losses in Gy^2 over the body voxels (:class:`rtlearn.models.cascade.CascadeLoss`);
+    The cascade predicts dose / 60 Gy and is wrapped in :class:`~rtlearn.models.scaled.ScaledDose`
+    (outputs in Gy). Losses in Gy^2 over the body voxels (:class:`rtlearn.losses.cascade.CascadeLoss`);
     Adam, a cosine learning-rate decay. Returns ``(frozen_model, history)``.
     """
-    from ..train import Trainer, on_keys
-
-    _check_int(epochs, "epochs")
+    check_int(epochs, "epochs")
     torch.manual_seed(seed)
-    model = ScaledDose(CascadeUNet(data["input"].shape[1], 1, dims=2, depth=depth, width=width, norm="batch"))
+    model = ScaledDose(CascadeUNet(data["input"].shape[1], 1, dims=2, depth=depth, width=width, norm="batch"), RX_GY)
     loader = _loader(data, ("input", "target", "mask"), batch_size, True)
     sched = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)  # noqa: E731
     trainer = Trainer(model, on_keys(CascadeLoss(), "target", mask="mask"), lr=lr, scheduler=sched, seed=seed,
@@ -278,102 +254,6 @@ def predictor_accuracy(model: nn.Module, data: dict, batch_size: int = 32) -> di
     kinds = np.asarray(data.get("kind", np.array(["all"] * len(per))))
     return {"mae_gy": float(per.mean()), "mae_pct_rx": float(100 * per.mean() / RX_GY), "per_sample_gy": per,
             "by_kind": {str(k): float(per[kinds == k].mean()) for k in dict.fromkeys(kinds.tolist())}}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# beyond the paper: a differentiable beam surrogate of the dose engine
-# ---------------------------------------------------------------------------------------------------------------
-class BeamSurrogate(nn.Module):
-    r"""A differentiable, non-learned dose of a (soft) target: the unmodulated conformal plan of the dose engine.
-
-    With the dose-influence matrix :math:`A` of :class:`rtlearn.phantom.DoseEngine`
-    (open field over the whole field of view, isocentre at the grid centre, so
-    the lateral profiles are shared by all patients and only the depth-dose map
-    :math:`G` depends on the patient), the fluence of each beamlet is the
-    beam's-eye-view projection of the target, :math:`w = A^\top S`, and
-
-    .. math:: D(S) = c\,A A^\top S, \qquad c = \frac{R_x}{\mathrm{mean}_{i \in S_T} (A A^\top S_T)_i},
-
-    i.e. the monitor units are fixed by the *true* target (its mean dose is the
-    prescription) and the same factor is used for a predicted target, so
-    :math:`D` is linear in :math:`S` and :math:`\|D(\hat S) - D(S_T)\|^2 =
-    c^2\|A A^\top(\hat S - S_T)\|^2` is a convex quadratic form: a
-    segmentation error is weighted by the dose it would draw along the beams. It
-    can guide a segmentation network by exact physics instead of a learned
-    predictor. It is *not* the optimised plan (no OAR sparing, no
-    modulation; differentiating through the optimiser would need implicit
-    differentiation of a bound-constrained problem), but like it a spurious
-    blob far from the tumour draws beams and dose to itself.
-
-    Parameters
-    ----------
-    patients : list of Patient
-        All cases the surrogate will see (same grid and spacing).
-    n_beams : int
-        Equispaced coplanar beams (default 9, the phantom's brain default).
-    beamlet_mm : float
-        Beamlet width (mm).
-    """
-
-    def __init__(self, patients, n_beams: int = 9, beamlet_mm: float = 7.2):
-        super().__init__()
-        if not patients:
-            raise ValueError("give at least one patient")
-        shape, sp = patients[0].shape, tuple(patients[0].spacing)
-        if any(p.shape != shape or tuple(p.spacing) != sp for p in patients):
-            raise ValueError("all patients must share one grid shape and spacing")
-        fov = float(np.hypot(*(np.asarray(shape) * np.asarray(sp))))
-        engines = [DoseEngine(p.density, p.body, sp, default_angles(None, n_beams), field_mm=fov,
-                              isocentre=(0.0, 0.0), beamlet_mm=beamlet_mm) for p in patients]
-        self.shape = shape
-        self.register_buffer("P", torch.stack(engines[0].P))                       # beams x HW x n_t
-        self.register_buffer("G", torch.stack([torch.cat(e.G) for e in engines]))  # cases x beams x HW
-        self.engines = engines
-
-    def back_and_forward(self, target: torch.Tensor, case: torch.Tensor) -> torch.Tensor:
-        """:math:`A A^\\top S` (unnormalised) for ``target`` ``B x 1 x H x W`` and case indices ``case``."""
-        if target.dim() != 4 or target.shape[1] != 1 or tuple(target.shape[2:]) != tuple(self.shape):
-            raise ValueError(f"target must be B x 1 x {self.shape}, got {tuple(target.shape)}")
-        B = target.shape[0]
-        s = target.reshape(B, 1, -1).to(self.P.dtype)
-        g = self.G[case.long()]                                        # B x beams x HW
-        w = torch.einsum("bkh,khj->bkj", g * s, self.P)                # fluence A^T S
-        return (g * torch.einsum("bkj,khj->bkh", w, self.P)).sum(1, keepdim=True).reshape(B, 1, *self.shape)
-
-    def scale_for(self, target: torch.Tensor, case: torch.Tensor, rx: float = RX_GY) -> torch.Tensor:
-        """Per-case factor :math:`c = R_x / \\mathrm{mean}_{S}(A A^\\top S)` (``B x 1 x 1 x 1``), without gradient."""
-        with torch.no_grad():
-            d = self.back_and_forward(target, case)
-            t = target.to(d.dtype)
-            mean = (t * d).sum((1, 2, 3), keepdim=True) / t.sum((1, 2, 3), keepdim=True).clamp_min(1e-6)
-            return rx / mean.clamp_min(1e-12)
-
-    def forward(self, target: torch.Tensor, case: torch.Tensor, scale=None, rx: float = RX_GY) -> torch.Tensor:
-        """Dose (Gy) :math:`c\\,A A^\\top S`; ``scale`` = :math:`c` (default: :meth:`scale_for` of ``target``)."""
-        d = self.back_and_forward(target, case)
-        c = self.scale_for(target, case, rx) if scale is None else scale
-        return c.to(d.dtype) * d
-
-
-def surrogate_guided_loss(logits, batch: dict, surrogate: BeamSurrogate, lam: float = 1.0) -> torch.Tensor:
-    r""":math:`L_{BCE} + \lambda\,\frac1N\sum_i (D(S_T)_i - D(\hat S_T)_i)^2` with :math:`D` the :class:`BeamSurrogate`.
-
-    ``batch`` needs ``target`` (true GTV) and ``case`` (index into the surrogate's
-    patients); :math:`D(\hat S) = c\,A A^\top \hat S` uses the factor :math:`c`
-    of the true target (:meth:`BeamSurrogate.scale_for`).
-    """
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam (lambda) must be a finite number >= 0, got {lam!r}")
-    bce = binary_cross_entropy(logits, batch["target"])
-    if lam == 0:
-        return bce
-    case = batch["case"]
-    t = batch["target"].float()
-    scale = surrogate.scale_for(t, case)
-    with torch.no_grad():
-        ref = surrogate(t, case, scale=scale)
-    d_hat = surrogate(torch.sigmoid(logits), case, scale=scale)
-    return bce + float(lam) * ((d_hat - ref.to(d_hat.dtype)) ** 2).mean()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -415,9 +295,11 @@ def train_segmenter(data: dict, loss: str = "bce_dice", lam: float = 1.0, predic
     * ``"doselo_st"`` -- (not in the paper) as ``"doselo"`` but with a
       straight-through mask: the predictor sees the *thresholded* mask (binary,
       like its training data) in the forward pass while the gradient flows to
-      the probabilities as if the mask were soft (:func:`straight_through`);
+      the probabilities as if the mask were soft
+      (:class:`~rtlearn.losses.dose_guided.StraightThroughDoseGuidedLoss`);
     * ``"engine"`` -- BCE + :math:`\lambda` times the squared dose difference
-      through the :class:`BeamSurrogate` (beyond the paper).
+      through the :class:`~rtlearn.phantom.surrogate.BeamSurrogate`
+      (:func:`~rtlearn.losses.dose_guided.surrogate_guided_loss`; beyond the paper).
 
     ``warmup_epochs`` (not in the paper) trains the first epochs with
     :math:`\lambda = 0` (BCE alone) before the dose term is switched on.
@@ -426,13 +308,11 @@ def train_segmenter(data: dict, loss: str = "bce_dice", lam: float = 1.0, predic
     loss, so differences come from the loss alone. Returns ``(model, history)``
     (the final weights; ``model`` on the CPU, eval mode).
     """
-    from ..train import Trainer, on_keys
-
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam) or lam < 0:
         raise ValueError(f"lam (lambda) must be a finite number >= 0, got {lam!r}")
-    _check_int(epochs, "epochs")
+    check_int(epochs, "epochs")
     frozen = []
     if loss == "bce_dice":
         loss_fn = on_keys(BCESoftDiceLoss(), "target")
@@ -441,7 +321,7 @@ def train_segmenter(data: dict, loss: str = "bce_dice", lam: float = 1.0, predic
     elif loss == "doselo_st":
         if predictor is None:
             raise ValueError(f"loss {loss!r} needs the trained dose predictor")
-        loss_fn = _StraightThroughDSL(predictor, lam)
+        loss_fn = StraightThroughDoseGuidedLoss(predictor, lam)
         frozen = [predictor]
     elif loss in ("doselo", "doselo_hard"):
         if predictor is None:
@@ -456,7 +336,7 @@ def train_segmenter(data: dict, loss: str = "bce_dice", lam: float = 1.0, predic
     keys += ("true_dose",) if loss.startswith("doselo") else ()
     if loss.startswith("doselo") and "true_dose" not in data:
         raise ValueError("data has no 'true_dose'; build it with segmentation_data(patients, predictor=...)")
-    _check_int(warmup_epochs, "warmup_epochs", 0)
+    check_int(warmup_epochs, "warmup_epochs", 0)
     torch.manual_seed(seed)
     model = UNet(data["input"].shape[1], 1, dims=2, depth=depth, width=width, norm="batch")
     loader = _loader(data, keys, batch_size, True)
@@ -474,35 +354,6 @@ def train_segmenter(data: dict, loss: str = "bce_dice", lam: float = 1.0, predic
     return trainer.model.cpu().eval(), history
 
 
-def straight_through(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    r"""Binary mask in the forward pass, identity gradient in the backward pass.
-
-    :math:`\tilde S = \mathbb 1[p \ge t] + p - \mathrm{sg}(p)` (sg: stop-gradient), so
-    :math:`\tilde S` equals the thresholded mask while :math:`\partial \tilde S/\partial p = 1`
-    (the straight-through estimator of Bengio et al. 2013).
-    """
-    hard = (prob >= threshold).to(prob.dtype)
-    return hard + prob - prob.detach()
-
-
-class _StraightThroughDSL(nn.Module):
-    """BCE + lam * L_DSL with the straight-through mask (loss ``"doselo_st"`` of :func:`train_segmenter`)."""
-
-    def __init__(self, predictor, lam):
-        super().__init__()
-        self.predictor = freeze(predictor)
-        self.lam = float(lam)
-
-    def forward(self, pred, batch):
-        bce = binary_cross_entropy(pred, batch["target"])
-        if self.lam == 0:
-            return bce
-        st = straight_through(torch.sigmoid(pred))
-        dsl = dose_segmentation_loss(st, batch["target"], self.predictor, batch["oars"], batch["ct"],
-                                     batch["dose_mask"], true_dose=batch.get("true_dose"))
-        return bce + self.lam * dsl
-
-
 class _WarmUp:
     """Call ``inner`` with lambda = 0 for the first ``n_steps`` calls in training mode, then with ``lam``."""
 
@@ -513,7 +364,7 @@ class _WarmUp:
         if torch.is_grad_enabled():
             self.calls += 1
         on = self.calls > self.n_steps
-        if isinstance(self.inner, (DoseGuidedLoss, _StraightThroughDSL)):
+        if isinstance(self.inner, (DoseGuidedLoss, StraightThroughDoseGuidedLoss)):
             self.inner.lam = self.lam if on else 0.0
             return self.inner(pred, batch)
         return self.inner(pred, batch) if on else binary_cross_entropy(pred, batch["target"])
@@ -531,21 +382,6 @@ def predict_masks(model: nn.Module, data: dict, threshold: float = 0.5) -> np.nd
 # ---------------------------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------------------------
-def hausdorff(pred, gt, spacing) -> float:
-    """Hausdorff distance (mm): the largest surface distance in either direction (HD100); NaN if ``pred`` is empty."""
-    if not np.asarray(pred, bool).any():
-        return float("nan")
-    a, b = surface_distances(pred, gt, spacing)
-    return float(max(a.max(), b.max()))
-
-
-def _hd95(pred, gt, spacing):
-    if not np.asarray(pred, bool).any():
-        return float("nan")
-    a, b = surface_distances(pred, gt, spacing)
-    return float(max(np.percentile(a, 95), np.percentile(b, 95)))
-
-
 def far_false_positives(pred, gt, spacing, distance_mm: float = 10.0) -> int:
     """Number of predicted voxels more than ``distance_mm`` from the true GTV (distant outliers)."""
     d = ndimage.distance_transform_edt(~np.asarray(gt, bool), sampling=spacing)
@@ -580,7 +416,7 @@ def evaluate_segmentations(patients, masks, ref_doses=None, floor_fraction: floa
         dose = plan_dose(p, m, max_iter=max_iter)
         row = {"case": k, "rmae": rmae(dose, ref, mask=p.body, rx=RX_GY, floor_fraction=floor_fraction),
                "mae_gy": float(np.abs(dose - ref)[p.body].mean()), "dice": dice(m, gt),
-               "hd_mm": hausdorff(m, gt, p.spacing), "hd95_mm": _hd95(m, gt, p.spacing),
+               "hd_mm": hausdorff(m, gt, p.spacing), "hd95_mm": hausdorff(m, gt, p.spacing, 95),
                "far_fp": far_false_positives(m, gt, p.spacing), "empty": not bool(m.any())}
         if keep_doses:
             row["dose"], row["ref_dose"] = dose, ref
@@ -594,8 +430,6 @@ def summarise(results: dict, baseline: str = "bce_dice", metrics=("rmae", "hd_mm
     ``results`` maps a model name to the list returned by :func:`evaluate_segmentations`.
     NaN values (empty predictions) are dropped pairwise and counted.
     """
-    from ..metrics.stats import wilcoxon_summary
-
     if baseline not in results:
         raise ValueError(f"baseline {baseline!r} not among the models {sorted(results)}")
     rows = []
@@ -638,8 +472,6 @@ def blob_demo(seed: int = 3, shape=(64, 64), spacing=3.6, blob_radius_mm: float 
     c = np.unravel_index(np.argmax(far), gt.shape)
     yy, xx = np.indices(gt.shape)
     ball = np.hypot((yy - c[0]) * p.spacing[0], (xx - c[1]) * p.spacing[1]) <= blob_radius_mm
-    from ..augment import shift_target
-
     variants = {"blob": gt | (ball & p.body), "shift": shift_target(gt, (0.0, shift_mm), p.spacing, p.body)}
     ref = plan_dose(p, gt, max_iter=max_iter)
     out = {"patient": p, "ref": ref}

@@ -38,10 +38,24 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data.openkbp_format import OARS, ROI_NAMES, TARGETS
+from .. import dvh as exact_dvh
+from .. import plotting
+from ..config import pick
+from ..data.openkbp import dataset as openkbp
+from ..data.openkbp.eval import predict_patient
+from ..data.openkbp.format import spacing_zyx, to_zyx
+from ..losses.dose import masked_mae, masked_mse
+from ..losses.dvh import MAEPlusDVHLoss, dvh_loss, soft_dvh
+from ..metrics import wilcoxon_summary
 from ..metrics.openkbp import OAR_METRICS, TARGET_METRICS, dose_error, dvh_metrics_openkbp
+from ..models.deepdosenet import DeepDoseNet
+from ..models.scaled import ScaledDose
+from ..phantom import PhantomDoseDataset, make_patient, optimise_plan
+from ..phantom.anatomy import ROI_NAMES as PHANTOM_ROI_NAMES
+from ..rois import OARS, ROI_NAMES, TARGETS
+from ..train import Trainer
 
 __all__ = [
     "LOSSES", "PAPER_TABLE1", "LEADERBOARD", "DEEPDOSENET_BLINDED", "C3D_SINGLE_MODEL", "DVHLossConfig",
@@ -151,8 +165,6 @@ def default_config(**overrides) -> DVHLossConfig:
 
     Keyword arguments override single fields.
     """
-    from ..config import pick
-
     quick = DVHLossConfig(lr=2e-3)
     full = DVHLossConfig(source="openkbp", dims=3, n_train=None, n_val=None, n_test=None, shape=None, spacing=None,
                          inputs=("rois", "ct", "possible_dose_mask"), epochs=200, width=32, batch_size=2,
@@ -199,9 +211,7 @@ class ExperimentData:
 
 
 def _phantom_roi_order():
-    from ..phantom.anatomy import ROI_NAMES as PH
-
-    order = PH["head_neck"]
+    order = PHANTOM_ROI_NAMES["head_neck"]
     if set(order) != set(ROI_NAMES):  # pragma: no cover - guards a change of the phantom
         raise RuntimeError(f"phantom head_neck ROIs {order} differ from OpenKBP's {ROI_NAMES}")
     return order
@@ -210,10 +220,6 @@ def _phantom_roi_order():
 def load_data(config: DVHLossConfig, progress: bool = True) -> ExperimentData:
     """Build the datasets of the configured source (phantom cases are cached on disk)."""
     if config.source == "phantom":
-        from torch.utils.data import Subset
-
-        from ..phantom import PhantomDoseDataset
-
         n = config.n_train + config.n_val + config.n_test
         ds = PhantomDoseDataset("head_neck", n=n, seed=config.seed, dims=config.dims, shape=config.shape,
                                 spacing=config.spacing, inputs=config.inputs, root=config.root,
@@ -223,11 +229,9 @@ def load_data(config: DVHLossConfig, progress: bool = True) -> ExperimentData:
         wrap = lambda ii: _WithStructures(Subset(ds, ii.tolist()), "phantom")  # noqa: E731
         return ExperimentData("phantom", wrap(parts[0]), wrap(parts[1]), wrap(parts[2]), ds.in_channels,
                               {"dataset": ds, "train": parts[0], "validation": parts[1], "test": parts[2]})
-    from ..data.openkbp import OpenKBPDataset
-
     kw = dict(root=config.root, dims=config.dims, inputs=tuple(config.inputs), downsample=config.downsample,
               progress=progress)
-    sets = {s: OpenKBPDataset(s, patients=n, slice_step=config.slice_step if s == "train" else 1, **kw)
+    sets = {s: openkbp.OpenKBPDataset(s, patients=n, slice_step=config.slice_step if s == "train" else 1, **kw)
             for s, n in (("train", config.n_train), ("validation", config.n_val), ("test", config.n_test))}
     if "rois" not in config.inputs:
         raise ValueError("the OpenKBP source needs 'rois' among the inputs (the DVH loss reads the masks there)")
@@ -240,18 +244,12 @@ def load_data(config: DVHLossConfig, progress: bool = True) -> ExperimentData:
 # ---- model and losses ---------------------------------------------------------------------------------------------
 def make_model(config: DVHLossConfig, in_channels: int):
     """DeepDoseNet (ReLU output) whose output is multiplied by 70 Gy, so the loss is in Gy."""
-    from ..data.openkbp_baseline import DoseScale
-    from ..models import DeepDoseNet
-
-    return DoseScale(DeepDoseNet(in_channels, 1, dims=config.dims, depth=config.depth, width=config.width,
-                                 norm="batch", final_activation="relu"), scale=70.0)
+    return ScaledDose(DeepDoseNet(in_channels, 1, dims=config.dims, depth=config.depth, width=config.width,
+                                  norm="batch", final_activation="relu"), scale=70.0)
 
 
 def make_loss(name: str, config: DVHLossConfig | None = None):
     """``loss_fn(pred, batch)`` for ``name`` in :data:`LOSSES` (doses in Gy, mask ``batch["mask"] > 0.5``)."""
-    from ..losses.dose import masked_mae, masked_mse
-    from ..losses.dvh import MAEPlusDVHLoss
-
     config = config or DVHLossConfig()
     if name == "MSE":
         return lambda pred, b: masked_mse(pred, b["target"], b["mask"] > 0.5)
@@ -265,8 +263,6 @@ def make_loss(name: str, config: DVHLossConfig | None = None):
 
 
 def _val_mae_gy(pred, batch):
-    from ..losses.dose import masked_mae
-
     return float(masked_mae(pred, batch["target"], batch["mask"] > 0.5))
 
 
@@ -275,8 +271,6 @@ def train_model(name: str, data: ExperimentData, config: DVHLossConfig, progress
 
     The weights and the shuffling are seeded with ``config.train_seed`` for every loss.
     """
-    from ..train import Trainer
-
     torch.manual_seed(config.train_seed)
     model = make_model(config, data.in_channels)
     gen = torch.Generator().manual_seed(config.train_seed)
@@ -356,8 +350,6 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
         preds = _predict_phantom(model, data, split)
         items = [(c, np.clip(p, 0, None) * c["possible_dose_mask"]) for c, p in zip(cases, preds)]
     else:
-        from ..data.openkbp_eval import predict_patient
-
         ds = data.raw[split]
         items = ((dict(ds.patient_arrays(pid), patient=pid), predict_patient(model, ds, pid)) for pid in ds.patients)
     for case, pred in tqdm(items, desc=f"score {split}", disable=not progress):
@@ -432,8 +424,6 @@ def score_tests(results: DVHLossResults, split: str = "test") -> list:
 
     Rows ``(score, loss A, loss B, mean A, mean B, p)``.
     """
-    from ..metrics import wilcoxon_summary
-
     rows = []
     for key, label in (("dose_error", "dose"), ("dvh_error", "DVH")):
         for a, b in _pairs(results.labels):
@@ -448,8 +438,6 @@ def structure_table(results: DVHLossResults, split: str = "test") -> list:
     Rows ``(roi, metric, n, {loss: mean}, {(a, b): p})``; ROI metrics absent from
     every patient are left out, and a p-value is NaN with fewer than 2 patients.
     """
-    from ..metrics import wilcoxon_summary
-
     rows = []
     for roi, metric in metric_names():
         vals = {lab: results.scores[lab][split]["metric_errors"][(roi, metric)] for lab in results.labels}
@@ -539,11 +527,7 @@ def example_case(prefer_openkbp: bool = True, patient: str = "pt_201", root=None
     "axial" (index of the axial slice with the most PTV voxels, 3D only)}``.
     """
     if prefer_openkbp:
-        from ..data import openkbp
-
         if openkbp.available(root):
-            from ..data.openkbp_format import spacing_zyx, to_zyx
-
             arr = openkbp.load_patient(patient, root=root)
             if "dose_cgy" in arr:
                 dose = np.ascontiguousarray(to_zyx(arr["dose_cgy"])).astype(np.float64) / 100.0
@@ -552,8 +536,6 @@ def example_case(prefer_openkbp: bool = True, patient: str = "pt_201", root=None
                 z = int(np.argmax(ptv.sum(axis=(1, 2)))) if np.ndim(ptv) else dose.shape[0] // 2
                 return {"source": "OpenKBP", "name": patient, "dose": dose, "rois": rois,
                         "spacing": spacing_zyx(arr["voxel_dimensions"]), "axial": z}
-    from ..phantom import make_patient, optimise_plan
-
     p = make_patient("head_neck", seed=3, dims=2, shape=(96, 96), spacing=(2.67, 2.67))
     plan = optimise_plan(p)
     return {"source": "phantom", "name": "head_neck seed 3", "dose": plan.dose.astype(np.float64),
@@ -566,13 +548,10 @@ def relaxed_vs_exact(dose, mask, steepness_values, bins: int = 64, dose_range=(0
     Returns ``{"thresholds": (n,), "exact": (n,), "relaxed": {m: (n,)}, "max_error": {m: float}}``;
     the exact DVH at ``d_t`` is the fraction of voxels with dose ``>= d_t`` (:func:`rtlearn.dvh.cumulative_dvh`).
     """
-    from .. import dvh as exact
-    from ..losses.dvh import soft_dvh
-
     d = torch.as_tensor(np.asarray(dose, float))
     m = torch.as_tensor(np.asarray(mask, bool))
     t = np.linspace(dose_range[0], dose_range[1], bins)
-    _, ex = exact.cumulative_dvh(np.asarray(dose, float), np.asarray(mask, bool), bins=t)
+    _, ex = exact_dvh.cumulative_dvh(np.asarray(dose, float), np.asarray(mask, bool), bins=t)
     rel, err = {}, {}
     for s in steepness_values:
         _, v = soft_dvh(d, m, bins=bins, steepness=float(s), dose_range=dose_range)
@@ -583,8 +562,6 @@ def relaxed_vs_exact(dose, mask, steepness_values, bins: int = 64, dose_range=(0
 
 def dvh_loss_gradient(reference, prediction, rois: dict, **dvh_kwargs) -> tuple:
     """``(loss, d loss / d prediction)`` of :func:`rtlearn.losses.dvh.dvh_loss` for one case (gradient per voxel, 1/Gy)."""
-    from ..losses.dvh import dvh_loss
-
     names = list(rois)
     pred = torch.tensor(np.asarray(prediction, float)[None], requires_grad=True)
     ref = torch.tensor(np.asarray(reference, float)[None])
@@ -652,8 +629,6 @@ def plot_structure_errors(results: DVHLossResults, split: str = "test", axes=Non
 def plot_sample(results: DVHLossResults, label: str | None = None, slice_index=None):
     """Reference vs predicted dose, their difference and its histogram, and the DVHs (their Fig. 7)."""
     import matplotlib.pyplot as plt
-
-    from .. import plotting
 
     label = label or results.best("validation")
     s = results.scores[label]["test"]["predictions"]

@@ -13,8 +13,8 @@ trained with one loss at a time, evaluated per case and per organ:
   returns the validation DSC per epoch and the test-set metrics of
   :func:`case_metrics` (DSC, recall, precision, HD95, ASD; Eqs. (10)-(12) of
   Chen et al. 2023, computed with :mod:`rtlearn.metrics`);
-* :func:`summary_rows`, :func:`markdown_table` and :func:`wilcoxon_rows`
-  tabulate results like the paper's Tables 1-5.
+* :func:`summary_rows` and :func:`wilcoxon_rows` tabulate results like the
+  paper's Tables 1-5 (rows for :func:`rtlearn.tables.markdown_table`).
 
 Choices (arguments, documented here):
 
@@ -27,7 +27,8 @@ Choices (arguments, documented here):
 * Organs that overlap get the label of the first organ in ``organs``.
 * Metrics of an organ absent from a case's ground truth are NaN (not counted);
   an organ present but not predicted has DSC = recall = precision = 0 and NaN
-  surface distances (undefined), counted in ``"missed"``.
+  surface distances (undefined; the empty-mask convention of
+  :func:`rtlearn.metrics.hausdorff`), counted in ``"missed"``.
 """
 from __future__ import annotations
 
@@ -36,13 +37,20 @@ import time
 import numpy as np
 import torch
 
-from ..losses import dice as _dice
+from .. import metrics as M
+from ..data.openkbp import dataset as okbp
+from ..data.openkbp.format import spacing_zyx, to_zyx
+from ..losses import overlap as _overlap
 from ..losses import region as _region
+from ..metrics import wilcoxon_summary
+from ..models.unet import UNet
+from ..phantom import PhantomSegmentationDataset
+from ..train import Trainer
 
 __all__ = [
     "ORGANS_PHANTOM", "ORGANS_OPENKBP", "LOSSES", "PAPER", "labels_from_masks", "window_ct", "phantom_data",
     "openkbp_data", "make_loss", "hard_dice", "train_one", "predict_labels", "case_metrics", "organ_mean",
-    "summary_rows", "markdown_table", "wilcoxon_rows", "gradient_map",
+    "summary_rows", "wilcoxon_rows", "gradient_map",
 ]
 
 #: organs of the 2D head-and-neck phantom slice used in the quick profile (the phantom's z = 0 slice has
@@ -137,8 +145,6 @@ def phantom_data(n_train: int = 48, n_val: int = 8, n_test: int = 16, *, site: s
     CT before windowing, on top of the phantom's own 8 HU, for a harder
     (noisier, lower-dose-like) task with less clear organ boundaries.
     """
-    from ..phantom import PhantomSegmentationDataset
-
     _check_counts(n_train, n_val, n_test)
     organs = tuple(ORGANS_PHANTOM if organs is None else organs)
     if not organs:
@@ -171,9 +177,6 @@ def openkbp_data(n_train=None, n_val=None, n_test=None, *, organs=ORGANS_OPENKBP
     Requires the prepared dataset (:func:`rtlearn.data.openkbp.find_openkbp`).
     """
     from tqdm.auto import tqdm
-
-    from ..data import openkbp as okbp
-    from ..data.openkbp_format import spacing_zyx, to_zyx
 
     _check_counts(*(1 if v is None else v for v in (n_train, n_val, n_test)))
     organs = tuple(organs)
@@ -233,16 +236,16 @@ def make_loss(name: str, *, grid=16, A: float = 0.3, B: float = 0.4, lam: float 
         return _region.adaptive_region_specific_loss(p, y, grid, A, B, **rs_kw)
 
     table = {
-        "ce": lambda p, y: _dice.cross_entropy_loss(p, y),
-        "dice": lambda p, y: _dice.dice_loss(p, y),
-        "baseline": lambda p, y: _dice.dice_ce_loss(p, y, lam),
-        "baseline+rs": lambda p, y: _dice.dice_ce_loss(p, y, lam) + region_weight * rs(p, y),
-        "baseline+ars": lambda p, y: _dice.dice_ce_loss(p, y, lam) + region_weight * ars(p, y),
+        "ce": lambda p, y: _overlap.cross_entropy_loss(p, y),
+        "dice": lambda p, y: _overlap.dice_loss(p, y),
+        "baseline": lambda p, y: _overlap.dice_ce_loss(p, y, lam),
+        "baseline+rs": lambda p, y: _overlap.dice_ce_loss(p, y, lam) + region_weight * rs(p, y),
+        "baseline+ars": lambda p, y: _overlap.dice_ce_loss(p, y, lam) + region_weight * ars(p, y),
         "rs": rs,
         "ars": ars,
-        "focal_tversky": lambda p, y: _dice.focal_tversky_loss(p, y),
-        "generalised_dice": lambda p, y: _dice.generalized_dice_loss(p, y),
-        "sensitivity_specificity": lambda p, y: _dice.sensitivity_specificity_loss(p, y),
+        "focal_tversky": lambda p, y: _overlap.focal_tversky_loss(p, y),
+        "generalised_dice": lambda p, y: _overlap.generalized_dice_loss(p, y),
+        "sensitivity_specificity": lambda p, y: _overlap.sensitivity_specificity_loss(p, y),
     }
     fn = table[name]
     fn.__name__ = name
@@ -279,8 +282,6 @@ def case_metrics(pred_labels, labels, organs, spacing) -> dict:
     dict
         ``{"dsc"|"recall"|"precision"|"hd95"|"asd": N x K float arrays, "missed": N x K bool, "organs": organs}``.
     """
-    from .. import metrics as M
-
     p = np.asarray(pred_labels.cpu() if torch.is_tensor(pred_labels) else pred_labels)
     g = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels)
     if p.shape != g.shape:
@@ -297,8 +298,8 @@ def case_metrics(pred_labels, labels, organs, spacing) -> dict:
             out["dsc"][i, k] = M.dice(pm, gm)
             out["recall"][i, k] = M.recall(pm, gm)
             out["precision"][i, k] = M.precision(pm, gm)
+            out["hd95"][i, k] = M.hausdorff(pm, gm, sp[i], percentile=95)  # NaN for a missed organ
             if pm.any():
-                out["hd95"][i, k] = M.hausdorff95(pm, gm, sp[i])
                 out["asd"][i, k] = M.average_surface_distance(pm, gm, sp[i])
             else:
                 out["missed"][i, k] = True
@@ -346,9 +347,6 @@ def train_one(loss, data: dict, *, epochs: int = 20, width: int = 8, depth: int 
         ``label``, ``history`` (per-epoch records with ``val_dsc``), ``metrics``
         (:func:`case_metrics` on the test split), ``pred`` (test labels) and ``seconds``.
     """
-    from ..models import UNet
-    from ..train import Trainer
-
     fn = make_loss(loss, **loss_kw) if isinstance(loss, str) else loss
     if not callable(fn):
         raise TypeError(f"loss must be a loss name or a callable, got {type(loss).__name__}")
@@ -388,28 +386,8 @@ def summary_rows(results, metric_names=("dsc", "recall", "precision", "hd95", "a
     return rows
 
 
-def markdown_table(rows, columns, header=None, digits: int = 3) -> str:
-    """A Markdown table of ``rows`` (dicts) for ``columns``; ``(mean, sd)`` pairs as ``mean ± sd``."""
-    header = header or columns
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c, "")
-            if isinstance(v, tuple):
-                cells.append(f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}")
-            elif isinstance(v, float):
-                cells.append("n/a" if not np.isfinite(v) else f"{v:.{digits}f}")
-            else:
-                cells.append(str(v))
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
 def wilcoxon_rows(results, reference: str, metric: str = "dsc") -> list:
     """Paired Wilcoxon tests of the organ-averaged ``metric`` per test case, every run vs ``reference``."""
-    from ..metrics import wilcoxon_summary
-
     by = {r["label"]: r for r in results}
     if reference not in by:
         raise ValueError(f"reference {reference!r} not among the runs {list(by)}")

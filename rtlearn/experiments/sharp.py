@@ -38,21 +38,33 @@ inside OpenKBP's possible-dose mask.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
 
-from .. import dvh
+from .. import dvh, plotting
+from .._validate import check_dose, check_mask
+from ..config import pick
+from ..data.openkbp.dataset import OpenKBPDataset, find_openkbp, list_patients
+from ..data.openkbp.format import spacing_zyx
+from ..losses.sharp import sharp_loss
 from ..metrics import DOSE_BANDS_CGY, mad, mad_by_dose_band, mad_per_roi, mean_gradient_by_band, wilcoxon_summary
+from ..metrics.openkbp import dose_score, dvh_score
+from ..models.unet import UNet
+from ..phantom import PhantomDoseDataset
+from ..rois import ROI_NAMES as OPENKBP_ROI_NAMES
+from ..train import Trainer
 
 __all__ = [
     "NORM_GY", "PAPER_GAMMAS", "ROI_LABELS", "PAPER_IMBALANCE", "PAPER_TABLE1", "PAPER_GRADIENT", "PAPER_TABLE2",
     "PAPER_TABLE3", "PAPER_TABLE4", "TABLE1_ROWS", "TABLE4_ROWS", "SharpConfig", "SharpData", "SharpResults",
     "default_config", "load_data", "loss_label", "make_loss", "train_model", "predict", "dose_imbalance",
-    "run_experiment", "table1", "per_roi_mad", "table2", "table3", "table4", "select_best", "markdown_table",
+    "run_experiment", "table1", "per_roi_mad", "table2", "table3", "table4", "select_best",
     "plot_training_curves", "plot_roi_boxplots", "plot_sample",
     "SOURCES", "OPENKBP_ROI_VALUES", "OPENKBP_BODY_VALUE", "OPENKBP_RX_GY", "OpenKBPRoiMapDataset", "OpenKBPSharpData",
     "load_openkbp", "openkbp_scores",
@@ -233,8 +245,6 @@ def default_config(**overrides) -> SharpConfig:
 
     Keyword arguments override single fields.
     """
-    from ..config import pick
-
     if overrides.get("source", "phantom") == "openkbp":
         quick = SharpConfig(dims=3, source="openkbp", n_train=20, n_val=5, n_test=10, downsample=4, epochs=10,
                             depth=3, width=8)
@@ -292,8 +302,6 @@ def load_data(config: SharpConfig, progress: bool = True) -> SharpData:
     """
     if config.source == "openkbp":
         return load_openkbp(config, progress)
-    from ..phantom import PhantomDoseDataset
-
     ds = PhantomDoseDataset("breast", n=config.n_cases, seed=config.seed, dims=config.dims, shape=config.shape,
                             spacing=config.spacing, inputs="roi_map", target_scale=NORM_GY, root=config.root,
                             progress=progress, n_jobs=config.n_jobs)
@@ -320,13 +328,11 @@ class OpenKBPRoiMapDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, datasets, downsample: int = 1, cache: bool = False):
-        from ..data.openkbp_format import ROI_NAMES
-
         self.datasets = list(datasets)
         self.downsample = int(downsample)
         self.index = [(d, i) for d in self.datasets for i in range(len(d))]
-        self.roi_names = tuple(ROI_NAMES)
-        self.values = torch.tensor([OPENKBP_ROI_VALUES[n] for n in ROI_NAMES], dtype=torch.float32)
+        self.roi_names = tuple(OPENKBP_ROI_NAMES)
+        self.values = torch.tensor([OPENKBP_ROI_VALUES[n] for n in OPENKBP_ROI_NAMES], dtype=torch.float32)
         self._cache = {} if cache else None
 
     def __len__(self):
@@ -382,8 +388,6 @@ class OpenKBPSharpData(SharpData):
         return [self.dataset.patient(i)[1] for i in indices]
 
     def case_spacing(self, indices) -> list:
-        from ..data.openkbp_format import spacing_zyx
-
         f = self.dataset.downsample
         out = []
         for i in indices:
@@ -415,14 +419,10 @@ def load_openkbp(config: SharpConfig, progress: bool = True) -> OpenKBPSharpData
     the others are skipped and named). Raises ``FileNotFoundError`` with download
     instructions (``python data_scripts/download_openkbp.py``) when the data are absent.
     """
-    from ..data.openkbp import OpenKBPDataset, find_openkbp, list_patients
-
     root = find_openkbp(config.root)
     usable = None
     manifest = root / "manifest.json"
     if manifest.is_file():
-        import json
-
         usable = {k for k, v in json.loads(manifest.read_text()).items()
                   if "dose_cgy" in v and "possible_dose_mask" in v}
     parts = []
@@ -451,8 +451,6 @@ def dose_imbalance(dose_gy, body, threshold_gy: float = 5.0) -> dict:
     voxels with a dose below ``threshold_gy`` (5 Gy = the paper's 500 cGy), and the
     number of voxels.
     """
-    from .._validate import check_dose, check_mask
-
     d = check_dose(dose_gy)
     b = check_mask(body, d.shape, name="body")
     if not (np.isfinite(threshold_gy) and threshold_gy > 0):
@@ -475,8 +473,6 @@ def make_loss(gamma=None):
     ``gamma=None`` gives the MSE (Eq. 2 of Bai et al. 2021), a number the sharp
     loss (Eq. 4) with that sharpness.
     """
-    from ..losses.sharp import sharp_loss
-
     if gamma is None:
         def mse(pred, batch):
             return F.mse_loss(pred, batch["target"])
@@ -503,11 +499,6 @@ def train_model(gamma, data: SharpData, config: SharpConfig, progress: bool = Tr
     Same initial weights and batch order for every loss (``config.train_seed``);
     the weights of the epoch with the lowest validation loss are kept.
     """
-    from torch.utils.data import DataLoader, Subset
-
-    from ..models import UNet
-    from ..train import Trainer
-
     with torch.random.fork_rng(devices=[]):  # identical initial weights for every loss, global RNG untouched
         torch.manual_seed(config.train_seed)
         model = UNet(1, 1, dims=config.dims, depth=config.depth, width=config.width, norm="batch")
@@ -527,8 +518,6 @@ def train_model(gamma, data: SharpData, config: SharpConfig, progress: bool = Tr
 @torch.no_grad()
 def predict(model, data: SharpData, indices, batch_size: int = 2) -> np.ndarray:
     """Predicted dose in Gy (model output x 60 Gy) for the cases ``indices``, shape ``(N, *grid)``."""
-    from torch.utils.data import DataLoader, Subset
-
     model.eval()
     device = next(model.parameters()).device
     out = []
@@ -745,8 +734,6 @@ def openkbp_scores(results: SharpResults, labels=None) -> dict:
     they are computed on the coarse grid and are not comparable with the
     challenge's leaderboard.
     """
-    from ..metrics.openkbp import dose_score, dvh_score
-
     if results.config.source != "openkbp":
         raise ValueError(f"openkbp_scores needs results of source='openkbp', got {results.config.source!r}")
     labels = results.labels if labels is None else list(labels)
@@ -760,18 +747,6 @@ def openkbp_scores(results: SharpResults, labels=None) -> dict:
         out[lab] = {"dose_score": dose_score(preds, refs, list(results.body)),
                     "dvh_score": dvh_score(preds, refs, rois, list(results.case_spacing))}
     return out
-
-
-def markdown_table(header, rows, fmt: str = "{:.2f}") -> str:
-    """A Markdown table from a header and rows of cells (numbers formatted with ``fmt``; NaN as "–")."""
-    def cell(x):
-        if isinstance(x, (float, np.floating)):
-            return "–" if not np.isfinite(x) else fmt.format(x)
-        return str(x)
-
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # ---- figures ---------------------------------------------------------------------------------------------
@@ -833,8 +808,6 @@ def plot_roi_boxplots(results: SharpResults, ax=None):
 def plot_sample(results: SharpResults, case: int = 0, labels=None, slice_index=None):
     """Reference and predicted doses of one test case with their DVHs (their Fig. 4). Returns the figure."""
     import matplotlib.pyplot as plt
-
-    from .. import plotting
 
     labels = ["MSE", results.best_label] if labels is None else list(labels)
     if not 0 <= case < results.reference.shape[0]:

@@ -3,12 +3,17 @@
 * :mod:`~rtlearn.losses.sharp` -- sharp loss (Bai et al. 2021).
 * :mod:`~rtlearn.losses.dose` -- masked MSE / MAE (Soomro et al., DeepDoseNet).
 * :mod:`~rtlearn.losses.dvh` -- differentiable DVH (Nguyen et al. 2020) and the DVH loss (DeepDoseNet).
-* :mod:`~rtlearn.losses.dice` -- Dice, CE, Dice+CE, Tversky, focal Tversky, generalised Dice,
+* :mod:`~rtlearn.losses.overlap` -- Dice, CE, Dice+CE, Tversky, focal Tversky, generalised Dice,
   sensitivity-specificity (Chen et al. 2023 and the losses it compares).
 * :mod:`~rtlearn.losses.region` -- region-specific and adaptive region-specific losses (Chen et al. 2023).
-* :mod:`~rtlearn.losses.benchmark` -- time/memory benchmark (``python -m rtlearn.losses.benchmark``).
+* :mod:`~rtlearn.losses.dose_guided` -- DOSELO's dose-guided segmentation loss (Rüfenacht et al. 2023),
+  its straight-through variant and the beam-surrogate loss.
+* :mod:`~rtlearn.losses.cascade` -- deep-supervision loss of a cascade of dose networks (DOSELO's predictor).
+
+Their time and memory at full 3D scale: ``python -m rtlearn.bench.losses``.
 """
-from .dice import (
+from .cascade import DEEP_SUPERVISION_WEIGHTS, CascadeLoss, cascade_loss
+from .overlap import (
     CrossEntropyLoss,
     DiceCELoss,
     DiceLoss,
@@ -27,6 +32,7 @@ from .dice import (
 from .dose_guided import (
     BCESoftDiceLoss,
     DoseGuidedLoss,
+    StraightThroughDoseGuidedLoss,
     assemble_dose_input,
     bce_soft_dice_loss,
     binary_cross_entropy,
@@ -34,6 +40,8 @@ from .dose_guided import (
     dose_segmentation_loss,
     freeze,
     soft_dice_loss,
+    straight_through,
+    surrogate_guided_loss,
     true_target_dose,
 )
 from .dose import MaskedMAELoss, MaskedMSELoss, masked_mae, masked_mse
@@ -63,4 +71,7 @@ __all__ = [
     # dose-guided segmentation (DOSELO)
     "dose_guided_loss", "dose_segmentation_loss", "DoseGuidedLoss", "true_target_dose", "assemble_dose_input",
     "freeze", "binary_cross_entropy", "soft_dice_loss", "bce_soft_dice_loss", "BCESoftDiceLoss",
+    "straight_through", "StraightThroughDoseGuidedLoss", "surrogate_guided_loss",
+    # deep supervision of a cascade
+    "cascade_loss", "CascadeLoss", "DEEP_SUPERVISION_WEIGHTS",
 ]

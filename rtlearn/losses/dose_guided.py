@@ -25,6 +25,13 @@ comparison. :math:`D_P` is a constant target, computed without gradient, and
 may be precomputed (:func:`true_target_dose`) or cached per batch
 (:class:`DoseGuidedLoss`).
 
+**Beyond the paper.** :class:`StraightThroughDoseGuidedLoss` feeds :math:`M_D`
+the *thresholded* mask in the forward pass (binary, like its training data)
+while the gradient flows to the probabilities as if the mask were soft
+(:func:`straight_through`); :func:`surrogate_guided_loss` replaces the learned
+:math:`M_D` by a differentiable physical dose of the target
+(:class:`rtlearn.phantom.surrogate.BeamSurrogate`).
+
 **Masking.** With a possible-dose (body) mask :math:`M`, both doses are
 multiplied by it (as the reference code does) and ``average="image"`` keeps
 Eq. (1)'s mean over all :math:`N` voxels; ``average="mask"`` divides by the
@@ -41,6 +48,7 @@ x spatial`` (masks or a label map), CT ``B x 1 x spatial``.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -53,6 +61,7 @@ __all__ = [
     "DEFAULT_ORDER", "freeze", "expected_in_channels", "assemble_dose_input", "predict_dose", "true_target_dose",
     "dose_segmentation_loss", "dose_guided_loss", "DoseGuidedLoss",
     "binary_cross_entropy", "soft_dice_loss", "bce_soft_dice_loss", "BCESoftDiceLoss",
+    "straight_through", "StraightThroughDoseGuidedLoss", "surrogate_guided_loss",
 ]
 
 #: Default channel order of the dose predictor's input.
@@ -527,3 +536,81 @@ class BCESoftDiceLoss(nn.Module):
             target = target["target"]
         return bce_soft_dice_loss(pred, target, logits=self.logits, pos_weight=self.pos_weight,
                                   batch_dice=self.batch_dice, smooth=self.smooth)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# beyond the paper: a straight-through mask, and a physical dose surrogate instead of M_D
+# ---------------------------------------------------------------------------------------------------------------
+def straight_through(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    r"""Binary mask in the forward pass, identity gradient in the backward pass.
+
+    :math:`\tilde S = \mathbb 1[p \ge t] + p - \mathrm{sg}(p)` (sg: stop-gradient), so
+    :math:`\tilde S` equals the thresholded mask while :math:`\partial \tilde S/\partial p = 1`
+    (the straight-through estimator of Bengio et al. 2013).
+    """
+    hard = (prob >= threshold).to(prob.dtype)
+    return hard + prob - prob.detach()
+
+
+class StraightThroughDoseGuidedLoss(nn.Module):
+    r""":math:`L_{BCE} + \lambda L_{DSL}` with a straight-through mask (not in the paper).
+
+    As :class:`DoseGuidedLoss` with soft probabilities, except that the frozen
+    predictor sees :func:`straight_through` of the probabilities: the
+    thresholded mask (binary, like the predictor's training data) in the forward
+    pass, the soft gradient in the backward pass. Call as ``loss(logits, batch)``
+    with a dict batch holding ``target``, ``oars``, ``ct``, ``dose_mask`` and
+    optionally a precomputed ``true_dose``. With ``lam == 0`` it is the BCE alone.
+
+    Parameters
+    ----------
+    predictor : nn.Module
+        The dose predictor :math:`M_D`; frozen here and kept in eval mode.
+    lam : float
+        Weight :math:`\lambda \ge 0` of the dose term.
+    threshold : float
+        Threshold of the forward-pass mask.
+    """
+
+    def __init__(self, predictor: nn.Module, lam: float = 1.0, threshold: float = 0.5):
+        super().__init__()
+        self.predictor = freeze(predictor)
+        self.lam = _check_lam(lam)
+        self.threshold = _check_threshold(threshold)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.predictor.eval()  # the predictor stays frozen
+        return self
+
+    def forward(self, pred, batch):
+        bce = binary_cross_entropy(pred, batch["target"])
+        if self.lam == 0:
+            return bce
+        st = straight_through(torch.sigmoid(pred), self.threshold)
+        dsl = dose_segmentation_loss(st, batch["target"], self.predictor, batch["oars"], batch["ct"],
+                                     batch["dose_mask"], true_dose=batch.get("true_dose"))
+        return bce + self.lam * dsl
+
+
+def surrogate_guided_loss(logits, batch: dict, surrogate: nn.Module, lam: float = 1.0) -> torch.Tensor:
+    r""":math:`L_{BCE} + \lambda\,\frac1N\sum_i (D(S_T)_i - D(\hat S_T)_i)^2` with :math:`D` a dose surrogate.
+
+    ``surrogate`` is a :class:`rtlearn.phantom.surrogate.BeamSurrogate` (or any
+    module with its ``scale_for(target, case)`` and ``forward(target, case,
+    scale=...)``). ``batch`` needs ``target`` (true GTV) and ``case`` (index into
+    the surrogate's patients); :math:`D(\hat S) = c\,A A^\top \hat S` uses the
+    factor :math:`c` of the true target (``surrogate.scale_for``).
+    """
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam (lambda) must be a finite number >= 0, got {lam!r}")
+    bce = binary_cross_entropy(logits, batch["target"])
+    if lam == 0:
+        return bce
+    case = batch["case"]
+    t = batch["target"].float()
+    scale = surrogate.scale_for(t, case)
+    with torch.no_grad():
+        ref = surrogate(t, case, scale=scale)
+    d_hat = surrogate(torch.sigmoid(logits), case, scale=scale)
+    return bce + float(lam) * ((d_hat - ref.to(d_hat.dtype)) ** 2).mean()

@@ -29,7 +29,7 @@ import torch
 
 from ._checks import check_nonnegative_number
 from ._seg import check_eps, dice_terms, parse_grid, prepare, reduce_losses, tversky_counts, tversky_from_counts
-from .dice import _Base
+from .overlap import _Base
 
 __all__ = [
     "region_specific_loss", "adaptive_tversky_weights", "adaptive_region_specific_loss",
@@ -52,7 +52,7 @@ def region_specific_loss(pred, target, grid=16, *, softmax: bool = False, includ
     Parameters
     ----------
     pred, target, softmax, include_background, eps, validate
-        As in :func:`rtlearn.losses.dice_loss`.
+        As in :func:`rtlearn.losses.overlap.dice_loss`.
     grid : int or sequence of int
         Blocks per spatial axis (DC; default 16). ``1`` gives the global Dice loss.
     region_reduction : {"sum", "mean", "none"}

@@ -37,7 +37,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .._validate import as_numpy, check_dose, check_mask, check_spacing
-from ..data.openkbp_format import OARS, ROI_NAMES, TARGETS
+from ..rois import OARS, ROI_NAMES, TARGETS
 
 OAR_METRICS = ("D_0.1_cc", "mean")
 TARGET_METRICS = ("D_99", "D_95", "D_1")

@@ -21,6 +21,19 @@ Euclidean distance in mm (voxel spacing applied) from a surface voxel
 * **ASD** (average symmetric surface distance) is the mean over the pooled
   distances of both directions (MONAI's
   ``compute_average_surface_distance(symmetric=True)``).
+* **HD** (:func:`hausdorff`, ``percentile=100``) is the largest surface distance
+  in either direction; ``hausdorff(..., percentile=95)`` is HD95.
+
+Empty masks. Every metric raises ``ValueError`` for an empty ground truth (the
+structure is absent from the case; the chapters skip it, NaN and not counted).
+An empty *prediction* of a present structure has Dice = recall = precision = 0
+and no surface, so no surface distance. :func:`hausdorff` returns NaN for it:
+that is the convention of the chapters that report distances of predicted
+segmentations (region-specific losses: such an organ is counted as "missed";
+DOSELO: such a case is flagged "empty"); NaN values are then dropped pairwise
+in means and paired tests. The lower-level :func:`surface_distances`,
+:func:`hausdorff95` and :func:`average_surface_distance` raise instead, so that
+a missing prediction is never averaged silently.
 """
 from __future__ import annotations
 
@@ -28,7 +41,7 @@ import numpy as np
 
 from .._validate import check_mask, check_spacing
 
-__all__ = ["dice", "recall", "precision", "surface_distances", "hausdorff95", "average_surface_distance"]
+__all__ = ["dice", "recall", "precision", "surface_distances", "hausdorff", "hausdorff95", "average_surface_distance"]
 
 
 def _masks(pred, gt, allow_empty_pred=True):
@@ -98,8 +111,47 @@ def surface_distances(pred, gt, spacing):
     return d_to_g[ep], d_to_p[eg]
 
 
+def hausdorff(pred, gt, spacing, percentile: float = 100.0) -> float:
+    """Hausdorff distance (mm); NaN for an empty prediction of a present structure.
+
+    The larger of the two *directed* ``percentile``-th percentiles of the surface
+    distances (:func:`surface_distances`): ``percentile=100`` (the default) is
+    the Hausdorff distance, the largest surface distance in either direction;
+    ``percentile=95`` equals :func:`hausdorff95`.
+
+    Empty masks (the convention of the region-losses and DOSELO chapters): an
+    empty ``pred`` gives NaN (no surface, so no distance: the chapters count such
+    a prediction as missed / empty and drop it pairwise); an empty ``gt`` raises
+    ``ValueError`` (the metric is undefined for an absent structure).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gt = np.zeros((5, 10), bool); gt[:, 5] = True
+    >>> pred = np.zeros((5, 10), bool); pred[:, 2] = True
+    >>> hausdorff(pred, gt, (1.0, 2.0))
+    6.0
+    >>> hausdorff(np.zeros_like(gt), gt, (1.0, 2.0))
+    nan
+    """
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)) \
+            or not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
+    p, _ = _masks(pred, gt)
+    if not p.any():
+        return float("nan")
+    a, b = surface_distances(pred, gt, spacing)
+    if percentile == 100:
+        return float(max(a.max(), b.max()))
+    return float(max(np.percentile(a, percentile), np.percentile(b, percentile)))
+
+
 def hausdorff95(pred, gt, spacing) -> float:
-    """95th-percentile Hausdorff distance (mm): the larger directed 95th percentile (MONAI's convention)."""
+    """95th-percentile Hausdorff distance (mm): the larger directed 95th percentile (MONAI's convention).
+
+    Raises ``ValueError`` for an empty prediction; ``hausdorff(pred, gt, spacing, 95)``
+    gives the same number and NaN for an empty prediction (see the module docstring).
+    """
     a, b = surface_distances(pred, gt, spacing)
     return float(max(np.percentile(a, 95), np.percentile(b, 95)))
 

@@ -7,7 +7,11 @@ Embedded default data of the book: runs anywhere, no download::
     patient = make_patient("head_neck", seed=0, dims=2)
     plan = optimise_plan(patient)          # plan.dose in Gy, D95(PTV70) = 70 Gy
 
-See the chapter "A phantom clinic" for the model and its limits.
+Also here: :mod:`~rtlearn.phantom.mr` (MR-like images of the brain phantom),
+:mod:`~rtlearn.phantom.perturb` (imperfect target masks for DOSELO's dose
+predictor) and :mod:`~rtlearn.phantom.surrogate` (a differentiable beam
+surrogate of the dose engine). See the chapter "A phantom clinic" for the model
+and its limits.
 """
 from .anatomy import (DEFAULT_SHAPE, DEFAULT_SPACING, PRESCRIPTIONS, ROI_NAMES, SITES, Patient,
                       hu_to_density, make_patient)
@@ -16,6 +20,7 @@ from .dose_engine import (BeamModel, arc_angles, DoseEngine, central_axis_pdd, d
 from .optimise import (OAR_WEIGHTS, PARETO_PAIRS, Plan, PlanObjective, falloff_profile, make_plan,
                        normalise_plan, optimise_plan, pareto_sweep, plan_for_target, plan_summary)
 from .datasets import PhantomDoseDataset, PhantomSegmentationDataset, case_seed, generate_cases
+from .surrogate import BeamSurrogate
 
 __all__ = [
     "SITES", "ROI_NAMES", "PRESCRIPTIONS", "DEFAULT_SHAPE", "DEFAULT_SPACING", "Patient", "make_patient",
@@ -23,5 +28,5 @@ __all__ = [
     "penumbra_80_20", "water_phantom", "Plan", "PlanObjective", "OAR_WEIGHTS", "PARETO_PAIRS",
     "optimise_plan", "pareto_sweep", "plan_for_target", "normalise_plan", "falloff_profile",
     "plan_summary", "make_plan", "PhantomDoseDataset", "PhantomSegmentationDataset", "generate_cases",
-    "case_seed",
+    "case_seed", "BeamSurrogate",
 ]

@@ -15,12 +15,14 @@ display seen from the feet). The origin is the centre of the grid.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from .._validate import check_spacing
+from .._validate import check_mask, check_spacing
+from .mr import BRAIN_TISSUES, mr_channels
 
 SITES = ("breast", "prostate", "head_neck", "brain")
 
@@ -175,8 +177,6 @@ class Patient:
         Used to plan on a predicted segmentation (DOSELO): the anatomy stays, the
         target changes. Other targets are removed.
         """
-        from .._validate import check_mask
-
         name = name or self.primary_target
         rx = self.prescriptions[self.primary_target] if prescription is None else prescription
         _check_rx(rx, name)
@@ -192,8 +192,6 @@ class Patient:
 
 
 def _check_rx(rx, name):
-    import numbers
-
     if not isinstance(rx, numbers.Real) or not np.isfinite(rx) or rx <= 0:
         raise ValueError(f"prescription for {name!r} must be a positive dose in Gy, got {rx!r}")
 
@@ -368,10 +366,6 @@ def _head_neck(g, rng):
     return hu, body, masks, None
 
 
-#: tissue labels of the brain phantom (used by :mod:`rtlearn.phantom.mr`)
-BRAIN_TISSUES = ("air", "scalp", "skull", "csf", "gm", "wm", "edema", "enhancing", "necrosis", "eye")
-
-
 def _brain(g, rng):
     U = rng.uniform
     T = {n: i for i, n in enumerate(BRAIN_TISSUES)}
@@ -509,7 +503,5 @@ def make_patient(site: str, seed: int = 0, dims: int = 2, shape=None, spacing=No
     if mr or (mr is None and site == "brain"):
         if site != "brain":
             raise ValueError("MR-like channels exist only for site 'brain'")
-        from .mr import mr_channels
-
         patient.mr = mr_channels(labels, patient.spacing, seed)
     return patient

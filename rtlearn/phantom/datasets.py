@@ -16,6 +16,8 @@ import json
 import numpy as np
 import torch
 
+from ..config import data_root
+from ..io import load_npz, save_npz
 from .anatomy import DEFAULT_SHAPE, ROI_NAMES, SITES, make_patient
 from .optimise import PARETO_PAIRS, optimise_plan, pareto_sweep
 
@@ -97,9 +99,6 @@ def generate_cases(site: str, n: int, seed: int = 0, dims: int = 2, shape=None, 
 
 
 def _cached(kind, site, n, seed, dims, shape, spacing, plans_per_case, with_plan, root, cache, progress, n_jobs):
-    from ..config import data_root
-    from ..io import load_npz, save_npz
-
     shape = tuple(DEFAULT_SHAPE[dims] if shape is None else shape)
     key = json.dumps([DATA_VERSION, site, n, seed, dims, shape, spacing, plans_per_case, with_plan])
     h = hashlib.sha1(key.encode()).hexdigest()[:10]

@@ -1,6 +1,7 @@
 """MR-like channels (T1, T1c, T2, FLAIR) for the brain phantom.
 
-Each tissue class of :data:`rtlearn.phantom.anatomy.BRAIN_TISSUES` gets a
+Each tissue class of :data:`BRAIN_TISSUES` (the label map of the brain phantom of
+:mod:`rtlearn.phantom.anatomy`) gets a
 typical relative signal per sequence (tumour dark on T1, enhancing rim bright
 on T1c, oedema bright on T2 and FLAIR, CSF dark on FLAIR). The ideal image is
 blurred slightly (partial volume), multiplied by a smooth random bias field
@@ -13,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import BRAIN_TISSUES
+#: tissue labels of the brain phantom (:mod:`rtlearn.phantom.anatomy` paints them; the MR signals follow them)
+BRAIN_TISSUES = ("air", "scalp", "skull", "csf", "gm", "wm", "edema", "enhancing", "necrosis", "eye")
 
 SEQUENCES = ("T1", "T1c", "T2", "FLAIR")
 

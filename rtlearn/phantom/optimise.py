@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .anatomy import Patient
+from .._validate import check_mask
+from ..dvh import dose_at_volume
+from .anatomy import Patient, make_patient
 from .dose_engine import DoseEngine
 
 #: default OAR mean-dose weights per site
@@ -66,10 +68,6 @@ PARETO_PAIRS = {
 
 
 def _d95(dose, mask):
-    try:
-        from ..dvh import dose_at_volume
-    except ImportError:  # the lead's dvh module not yet present
-        return float(np.percentile(dose[mask], 5))
     return float(dose_at_volume(dose, mask, 95))
 
 
@@ -404,8 +402,6 @@ def plan_for_target(patient: Patient, target, prescription: float | None = None,
     GTV to PTV) replaces the patient's targets and a plan is optimised for it
     with the same beams and OAR objectives.
     """
-    from .._validate import check_mask
-
     tgt = check_mask(target, patient.shape, name="target", allow_empty=True)
     if margin_mm < 0 or not np.isfinite(margin_mm):
         raise ValueError(f"margin_mm must be >= 0, got {margin_mm!r}")
@@ -444,8 +440,6 @@ def plan_summary(patient: Patient, plan: Plan) -> dict:
 
 def make_plan(site: str, seed: int = 0, dims: int = 2, **kw):
     """``(patient, plan)`` for a site and seed with the default beams and objectives."""
-    from .anatomy import make_patient
-
     pkw = {k: kw.pop(k) for k in ("shape", "spacing") if k in kw}
     patient = make_patient(site, seed, dims=dims, **pkw)
     return patient, optimise_plan(patient, **kw)
