@@ -162,3 +162,19 @@ def test_from_runs_gives_the_same_study_as_the_recorded_one(fake, tmp_path):
     np.testing.assert_array_equal(live.metric("mae", "A"), recorded.metric("mae", "A"))
     with pytest.raises(ValueError):
         study.from_runs("fake", "quick", cfg, {})
+
+
+@pytest.mark.parametrize("chapter", sorted(study.CHAPTERS))
+def test_every_chapter_records_one_tiny_seed_that_loads_back(chapter, tmp_path):
+    """Runner, JSON schema and loader agree for every chapter, on its study config shrunk by its TINY overrides."""
+    mod = study.chapter_module(chapter)
+    assert isinstance(getattr(mod, "TINY", None), dict), f"{mod.__name__} has no TINY overrides"
+    cfg = mod.default_config("study", **mod.TINY)
+    (path,) = study.run_study(chapter, "study", "0", config=cfg, root=tmp_path, progress=False)
+    assert path.stat().st_size < 200_000, "a recorded seed is kilobytes, not arrays of doses"
+    s = study.load_study(chapter, root=tmp_path)
+    assert s.seeds == [0] and s.matches(cfg)
+    for claim in mod.CLAIMS:
+        values = s.metric(claim.metric, claim.b)
+        assert values.shape == (1, len(s.cases))
+        assert claim.a in s.arms

@@ -1,21 +1,22 @@
 """The OpenKBP chapter's experiment: a plain U-Net baseline (structures + CT + possible-dose mask -> dose).
 
-The same code runs in both profiles (:func:`rtlearn.config.pick`):
+The chapter shape of every experiment module: :class:`Config` holds every size,
+:func:`default_config` is the one place a profile is read, :func:`load_data`
+builds the datasets and :func:`run` trains and scores.
 
-* ``quick`` -- 2D axial slices of a few patients, a small U-Net, a few epochs on CPU;
+* ``quick`` -- 2D axial slices of a few patients, a small U-Net, a few epochs on CPU (a demonstration);
+* ``study`` -- 2D slices of more patients, longer training with early stopping, on CPU;
 * ``full``  -- 3D volumes of every training patient, a wider and deeper U-Net, on a GPU.
 
 The loss is the mean absolute error over the possible-dose mask
-(:func:`rtlearn.losses.masked_mae`), the challenge's dose-score error restricted to
+(:class:`rtlearn.losses.MaskedMAELoss`), the challenge's dose-score error restricted to
 the mask; the model is :class:`rtlearn.models.UNet` with a ReLU output (doses >= 0)
-times 70 Gy (:class:`rtlearn.models.ScaledDose`), trained with :class:`rtlearn.train.Trainer`
+times 70 Gy (:class:`rtlearn.models.ScaledDose`), trained with :func:`rtlearn.train.fit`
 (Adam, ReduceLROnPlateau, best validation epoch restored).
 """
 from __future__ import annotations
 
-import time
-
-import torch
+from dataclasses import dataclass, fields, replace
 
 from ..config import pick
 from ..data.openkbp.dataset import OpenKBPDataset
@@ -23,33 +24,95 @@ from ..data.openkbp.eval import evaluate_openkbp
 from ..losses.dose import masked_mae
 from ..models.scaled import ScaledDose
 from ..models.unet import UNet
-from ..train import Trainer
+from ..train import fit, seeded
 
-__all__ = ["RX_SCALE_GY", "baseline_config", "train_baseline"]
+__all__ = ["RX_SCALE_GY", "LEADERBOARD_TOP5", "Config", "default_config", "load_data", "make_model", "run"]
 
 #: the network's output is multiplied by this dose (Gy): OpenKBP's highest prescription, PTV70
 RX_SCALE_GY = 70.0
+#: The final blinded test phase of OpenKBP as published by the organisers (Babier et al. 2021):
+#: (rank, team, dose score Gy, DVH score Gy). The published numbers, not ours.
+LEADERBOARD_TOP5 = (
+    (1, "LSL AnHui University (cascade 3D U-Net, \"C3D\")", 2.4294, 1.4776),
+    (2, "SuperPod", 2.5635, 1.7045),
+    (3, "team_overfitting", 2.6146, 1.5818),
+    (4, "Prediction Team Vienna", 2.6497, 1.5393),
+    (5, "DanNguyen", 2.6795, 1.5728),
+)
 
 
-def baseline_config(**overrides) -> dict:
-    """Sizes of the baseline for the active profile; keyword arguments override entries."""
-    cfg = pick(
-        quick=dict(dims=2, downsample=2, n_train=10, n_val=3, n_test=4, epochs=15, width=16, depth=4, norm="group",
-                   batch_size=16, slice_step=2, lr=3e-3, num_workers=0,
-                   inputs=("rois", "ct", "possible_dose_mask")),
-        full=dict(dims=3, downsample=1, n_train=None, n_val=None, n_test=None, epochs=100, width=32, depth=5,
-                  norm="group", batch_size=2, slice_step=1, lr=1e-3, num_workers=6,
-                  inputs=("rois", "ct", "possible_dose_mask")),
-    )
-    unknown = set(overrides) - set(cfg)
+@dataclass(frozen=True)
+class Config:
+    """Every size of the chapter's computations.
+
+    ``n_train``/``n_val``/``n_test`` patients (``None``: all with the needed arrays),
+    2D slices (``dims=2``, every ``slice_step``-th slice, in-plane ``downsample``) or 3D
+    volumes, the U-Net (``width``, ``depth``, ``norm``), Adam (``lr``) with the plateau
+    schedule (patience ``max(2, epochs // 10)``) and ``early_stopping`` epochs without a
+    better validation loss. ``n_stats`` training patients feed the data statistics and
+    ``n_val_scored`` validation patients the trivial-prediction scores.
+    """
+
+    dims: int = 2
+    downsample: int = 2
+    n_train: int | None = 10
+    n_val: int | None = 3
+    n_test: int | None = 4
+    epochs: int = 15
+    early_stopping: int | None = None
+    width: int = 16
+    depth: int = 4
+    norm: str = "group"
+    batch_size: int = 16
+    slice_step: int = 2
+    lr: float = 3e-3
+    num_workers: int = 0
+    inputs: tuple = ("rois", "ct", "possible_dose_mask")
+    n_stats: int | None = 20
+    n_val_scored: int | None = 5
+
+
+_PROFILES = {
+    "quick": {},
+    "study": dict(n_train=60, n_val=10, n_test=20, epochs=60, early_stopping=10, n_stats=200, n_val_scored=40),
+    "full": dict(dims=3, downsample=1, n_train=None, n_val=None, n_test=None, epochs=100, width=32, depth=5,
+                 batch_size=2, slice_step=1, lr=1e-3, num_workers=6, n_stats=200, n_val_scored=40),
+}
+
+
+def default_config(profile: str | None = None, **overrides) -> Config:
+    """The sizes for ``profile`` (default: the active profile, ``RTLEARN_PROFILE``); keywords override fields."""
+    cfg = replace(Config(), **pick(_PROFILES["quick"], _PROFILES["full"], study=_PROFILES["study"],
+                                   profile_name=profile))
+    known = {f.name for f in fields(Config)}
+    unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"unknown baseline settings {sorted(unknown)}; known: {sorted(cfg)}")
-    cfg.update(overrides)
-    return cfg
+        raise ValueError(f"unknown baseline settings {sorted(unknown)}; known: {sorted(known)}")
+    return replace(cfg, **overrides)
 
 
-def train_baseline(config: dict | None = None, root=None, seed: int = 0, device=None, checkpoint=None,
-                   progress: bool = True, evaluate_test: bool = True) -> dict:
+def load_data(cfg: Config, root=None, progress: bool = True, evaluate_test: bool = True) -> dict:
+    """The ``train``, ``validation`` (and ``test``) datasets of ``cfg``."""
+    kw = dict(root=root, dims=cfg.dims, inputs=cfg.inputs, downsample=cfg.downsample, progress=progress)
+    data = {"train": OpenKBPDataset("train", patients=cfg.n_train, slice_step=cfg.slice_step, **kw),
+            "validation": OpenKBPDataset("validation", patients=cfg.n_val, **kw)}
+    if evaluate_test:
+        data["test"] = OpenKBPDataset("test", patients=cfg.n_test, **kw)
+    return data
+
+
+def make_model(cfg: Config, in_channels: int) -> ScaledDose:
+    """The baseline U-Net (ReLU output) times :data:`RX_SCALE_GY`."""
+    return ScaledDose(UNet(in_channels, 1, dims=cfg.dims, depth=cfg.depth, width=cfg.width, norm=cfg.norm,
+                           final_activation="relu"), scale=RX_SCALE_GY)
+
+
+def _masked_mae(pred, target, mask):
+    return masked_mae(pred, target, mask=mask > 0)
+
+
+def run(cfg: Config | None = None, seed: int = 0, *, data: dict | None = None, root=None, device=None,
+        checkpoint=None, progress: bool = True, evaluate_test: bool = True) -> dict:
     """Train the baseline and score it on validation (and test) patients.
 
     Returns
@@ -59,32 +122,17 @@ def train_baseline(config: dict | None = None, root=None, seed: int = 0, device=
         ``scores`` (``{"validation": {...}, "test": {...}}`` from
         :func:`~rtlearn.data.openkbp.eval.evaluate_openkbp`) and ``seconds`` (training time).
     """
-    cfg = dict(config or baseline_config())
-    kw = dict(root=root, dims=cfg["dims"], inputs=cfg["inputs"], downsample=cfg["downsample"], progress=progress)
-    train = OpenKBPDataset("train", patients=cfg["n_train"], slice_step=cfg["slice_step"], **kw)
-    val = OpenKBPDataset("validation", patients=cfg["n_val"], **kw)
-    gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(train, batch_size=cfg["batch_size"], shuffle=True, generator=gen,
-                                         num_workers=cfg["num_workers"], drop_last=len(train) > cfg["batch_size"],
-                                         persistent_workers=cfg["num_workers"] > 0)
-    val_loader = torch.utils.data.DataLoader(val, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
-    torch.manual_seed(seed)
-    model = ScaledDose(UNet(train.n_channels, 1, dims=cfg["dims"], depth=cfg["depth"], width=cfg["width"],
-                            norm=cfg["norm"], final_activation="relu"), scale=RX_SCALE_GY)
-
-    def loss_fn(pred, batch):
-        return masked_mae(pred, batch["target"], mask=batch["mask"] > 0)
-
-    trainer = Trainer(model, loss_fn, lr=cfg["lr"], device=device, seed=seed, checkpoint=checkpoint,
-                      progress=progress, plateau_patience=max(2, cfg["epochs"] // 10))
-    t0 = time.perf_counter()
-    history = trainer.fit(loader, cfg["epochs"], val_loader)
-    seconds = time.perf_counter() - t0
-    scores = {"validation": evaluate_openkbp(trainer.model, val, device=trainer.device, progress=progress)}
-    datasets = {"train": train, "validation": val}
-    if evaluate_test:
-        test = OpenKBPDataset("test", patients=cfg["n_test"], **kw)
-        datasets["test"] = test
-        scores["test"] = evaluate_openkbp(trainer.model, test, device=trainer.device, progress=progress)
-    return {"model": trainer.model, "trainer": trainer, "history": history, "config": cfg, "datasets": datasets,
-            "scores": scores, "seconds": seconds}
+    cfg = cfg or default_config()
+    data = data or load_data(cfg, root=root, progress=progress, evaluate_test=evaluate_test)
+    train, val = data["train"], data["validation"]
+    with seeded(seed):
+        model = make_model(cfg, train.n_channels)
+    res = fit(model, _masked_mae, train, val=val, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+              targets=("target", "mask"), drop_last=len(train) > cfg.batch_size, num_workers=cfg.num_workers,
+              lr=cfg.lr, device=device, checkpoint=checkpoint, progress=progress,
+              plateau_patience=max(2, cfg.epochs // 10), early_stopping=cfg.early_stopping)
+    scores = {"validation": evaluate_openkbp(res.model, val, device=res.trainer.device, progress=progress)}
+    if evaluate_test and "test" in data:
+        scores["test"] = evaluate_openkbp(res.model, data["test"], device=res.trainer.device, progress=progress)
+    return {"model": res.model, "trainer": res.trainer, "history": res.history, "config": cfg, "datasets": data,
+            "scores": scores, "seconds": res.seconds}

@@ -1,0 +1,55 @@
+"""Recorded studies in results/ belong to today's code: their stored config must equal today's study config."""
+from pathlib import Path
+
+import pytest
+
+from rtlearn import study
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+RECORDED = sorted((p.parent.name, p.name) for p in RESULTS.glob("*/*") if p.is_dir() and any(p.glob("seed-*.json")))
+
+
+def test_only_known_chapters_and_profiles_are_recorded():
+    for chapter, profile in RECORDED:
+        assert chapter in study.CHAPTERS, f"results/{chapter} names no chapter"
+        assert profile in ("quick", "study", "full"), f"results/{chapter}/{profile} names no profile"
+
+
+@pytest.mark.parametrize("chapter, profile", RECORDED or [pytest.param(None, None, marks=pytest.mark.skip(
+    reason="no study recorded"))])
+def test_recorded_study_matches_todays_config(chapter, profile):
+    recorded = study.load_study(chapter, profile, root=RESULTS)
+    today = study.chapter_module(chapter).default_config(profile)
+    assert recorded.matches(today), (
+        f"results/{chapter}/{profile} was recorded with another config than today's default_config({profile!r}); "
+        f"re-run: python -m rtlearn.study {chapter} --profile {profile} --seeds {recorded.seeds[0]}-{recorded.seeds[-1]}"
+        f"\nrecorded: {recorded.config}\ntoday:    {study.config_to_json(today)}")
+    assert len(recorded.seeds) >= 3, "a recorded study has at least 3 seeds"
+    for entry in recorded.entries:
+        prov = entry["provenance"]
+        assert prov["commit"] and prov["date"] and prov["wall_seconds"] > 0
+    mod = study.chapter_module(chapter)
+    for claim in getattr(mod, "CLAIMS", ()):
+        assert claim.a in recorded.arms and claim.b in recorded.arms and claim.metric in recorded.metric_names
+
+
+def test_stale_config_is_detected(tmp_path, monkeypatch):
+    """The check above can fail: a study recorded with one config does not match another."""
+    import dataclasses
+    import sys
+    import types
+
+    @dataclasses.dataclass(frozen=True)
+    class C:
+        epochs: int = 3
+
+    mod = types.ModuleType("rtlearn_stale_chapter")
+    mod.default_config = lambda profile="quick", **kw: C(**kw)
+    mod.load_data = lambda cfg: None
+    mod.run = lambda cfg, seed, data=None, progress=True: {
+        "cases": ["a", "b"], "metrics": {"x": {"m": [1.0, 2.0]}}, "history": {"x": []}, "seconds": {"x": 0.1}}
+    monkeypatch.setitem(sys.modules, "rtlearn_stale_chapter", mod)
+    monkeypatch.setitem(study.CHAPTERS, "stale", "rtlearn_stale_chapter")
+    study.run_study("stale", "study", "0-2", root=tmp_path, progress=False)
+    recorded = study.load_study("stale", root=tmp_path)
+    assert recorded.matches(C()) and not recorded.matches(C(epochs=4))
