@@ -1,20 +1,26 @@
 """Experiment behind the region-specific losses chapter (Chen et al., TPAMI 2023).
 
 Multi-organ segmentation with a U-Net (batch norm, dropout, softmax output)
-trained with one loss at a time, evaluated per case and per organ:
+trained with one loss per arm, evaluated per test case and per organ. The
+chapter's shape (see :mod:`rtlearn.study`):
 
-* :func:`phantom_data` / :func:`openkbp_data` make the data once (CT windowed to
-  ``[-1, 1]``, integer label maps: 0 = background, ``k`` = organ ``k``), split
-  into ``train`` / ``val`` / ``test``;
-* :func:`make_loss` builds the losses compared in the paper (CE, Dice, Baseline =
-  Dice + CE, Baseline + RS, Baseline + ARS, and focal Tversky, generalised Dice,
-  sensitivity-specificity for its Table 5) from :mod:`rtlearn.losses`;
-* :func:`train_one` trains one model with :class:`rtlearn.train.Trainer` and
-  returns the validation DSC per epoch and the test-set metrics of
-  :func:`case_metrics` (DSC, recall, precision, HD95, ASD; Eqs. (10)-(12) of
-  Chen et al. 2023, computed with :mod:`rtlearn.metrics`);
-* :func:`summary_rows` and :func:`wilcoxon_rows` tabulate results like the
-  paper's Tables 1-5 (rows for :func:`rtlearn.tables.markdown_table`).
+* :data:`PAPER` -- the numbers the paper's text states; :data:`CLAIMS` -- its
+  claims, tested by :func:`rtlearn.metrics.stats.judge`;
+* :class:`Config` / :func:`default_config` -- every size, per profile;
+* :func:`load_data` -- phantom head-and-neck CT slices (or OpenKBP volumes),
+  CT windowed to ``[-1, 1]``, integer label maps (0 = background, ``k`` = organ
+  ``k``), split into ``train`` / ``val`` / ``test``;
+* :data:`ARMS` -- arm name -> loss object (``torch.nn`` modules of
+  :mod:`rtlearn.losses`: CE, Dice, Baseline = Dice + CE (Eq. (9)),
+  Baseline + RS (Eq. (4)), Baseline + ARS (Eqs. (6)-(8)), and the focal Tversky,
+  generalised Dice and sensitivity-specificity losses of the paper's Table 5);
+* :func:`run` -- trains every arm of a config for one seed with
+  :func:`rtlearn.train.fit` and returns per-case test metrics (DSC, recall,
+  precision, HD95, ASD; Eqs. (10)-(12) of Chen et al. 2023), including the DSC
+  of the same run's weights after ``early_epoch`` epochs (learning speed, the
+  paper's Figs. 3-4);
+* :func:`tables` and the ``plot_*`` functions -- the chapter's tables and
+  figures from a :class:`rtlearn.study.Study`.
 
 Choices (arguments, documented here):
 
@@ -22,7 +28,7 @@ Choices (arguments, documented here):
   (mean over the counted sub-regions) rather than the sum that Eq. (4) writes:
   with a sum the term's weight relative to the baseline grows with the number of
   sub-regions (``DC**dims``), so a DC ablation would mix the effect of the
-  partition with that of the loss scale. ``region_reduction="sum"`` is available.
+  partition with that of the loss scale.
 * Every loss includes the background class (the paper's ``C`` counts it).
 * Organs that overlap get the label of the first organ in ``organs``.
 * Metrics of an organ absent from a case's ground truth are NaN (not counted);
@@ -32,36 +38,40 @@ Choices (arguments, documented here):
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import metrics as M
+from ..config import get_device, profile as active_profile, check_profile
 from ..data.openkbp import dataset as okbp
 from ..data.openkbp.format import spacing_zyx, to_zyx
 from ..losses import overlap as _overlap
 from ..losses import region as _region
-from ..metrics import wilcoxon_summary
+from ..metrics.stats import Claim, format_comparison, judge, seed_summary
 from ..models.unet import UNet
 from ..phantom import PhantomSegmentationDataset
-from ..train import Trainer
+from ..tables import Markdown, markdown_table
+from ..train import fit, seeded
 
 __all__ = [
-    "ORGANS_PHANTOM", "ORGANS_OPENKBP", "LOSSES", "PAPER", "labels_from_masks", "window_ct", "phantom_data",
-    "openkbp_data", "make_loss", "hard_dice", "train_one", "predict_labels", "case_metrics", "organ_mean",
-    "summary_rows", "wilcoxon_rows", "gradient_map",
+    "ORGANS_PHANTOM", "ORGANS_OPENKBP", "PAPER", "ARMS", "MAIN_ARMS", "OTHER_ARMS", "CLAIMS", "TINY", "Config",
+    "default_config", "load_data", "arm_loss", "run", "merge_records", "labels_from_masks", "window_ct",
+    "phantom_data", "openkbp_data", "hard_dice", "predict_labels", "case_metrics", "organ_mean", "tables",
+    "plot_case", "plot_learning_curves", "plot_predictions", "plot_ablation", "gradient_map",
 ]
 
-#: organs of the 2D head-and-neck phantom slice used in the quick profile (the phantom's z = 0 slice has
-#: no brainstem, and its oesophagus is only a few pixels wide there)
+#: organs of the 2D head-and-neck phantom slice (the phantom's z = 0 slice has no brainstem, and its
+#: oesophagus is only a few pixels wide there)
 ORGANS_PHANTOM = ("Mandible", "RightParotid", "LeftParotid", "Larynx", "SpinalCord")
 #: OpenKBP's seven organs at risk (full profile)
 ORGANS_OPENKBP = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible")
-
-#: loss names understood by :func:`make_loss`
-LOSSES = ("ce", "dice", "baseline", "baseline+rs", "baseline+ars", "rs", "ars", "focal_tversky",
-          "generalised_dice", "sensitivity_specificity")
 
 #: Numbers stated in the text of Chen et al. 2023 (Sec. 4.3); the per-organ tables are images in our copy.
 PAPER = {
@@ -74,6 +84,213 @@ PAPER = {
     "PDDCA recall without -> with the adaptive penalty": (0.778, 0.801),
     "PDDCA precision without -> with the adaptive penalty": (0.778, 0.766),
 }
+_PDDCA = PAPER["PDDCA mean DSC"]
+
+
+# --------------------------------------------------------------------------- arms: name -> loss object
+def _baseline(cfg):
+    return _overlap.DiceCELoss(cfg.lam)
+
+
+def _rs(cfg):
+    return _region.RegionSpecificLoss(cfg.grid, region_reduction=cfg.region_reduction)
+
+
+def _ars(cfg):
+    return _region.AdaptiveRegionSpecificLoss(cfg.grid, cfg.A, cfg.B, region_reduction=cfg.region_reduction)
+
+
+#: Arm name -> ``factory(cfg) -> loss module`` (``loss(probabilities, labels) -> scalar``).
+ARMS = {
+    "CE": lambda cfg: _overlap.CrossEntropyLoss(),
+    "Dice": lambda cfg: _overlap.DiceLoss(),
+    "Baseline": _baseline,                                                    # Eq. (9): Dice + lam CE
+    "Baseline+RS": lambda cfg: _region.SumOfLosses(_baseline(cfg), _rs(cfg), weights=(1.0, cfg.region_weight)),
+    "Baseline+ARS": lambda cfg: _region.SumOfLosses(_baseline(cfg), _ars(cfg), weights=(1.0, cfg.region_weight)),
+    "Focal Tversky": lambda cfg: _overlap.FocalTverskyLoss(),                 # Table 5 of the paper
+    "Generalised Dice": lambda cfg: _overlap.GeneralizedDiceLoss(),
+    "Sensitivity-specificity": lambda cfg: _overlap.SensitivitySpecificityLoss(),
+}
+#: The paper's main comparison (its Tables 1-4).
+MAIN_ARMS = ("CE", "Dice", "Baseline", "Baseline+RS", "Baseline+ARS")
+#: The other region-based losses of the paper's Table 5.
+OTHER_ARMS = ("Focal Tversky", "Generalised Dice", "Sensitivity-specificity")
+
+
+def arm_loss(arm: str, cfg) -> torch.nn.Module:
+    """The loss object of ``arm`` (a key of :data:`ARMS`) for the settings of ``cfg``."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose one of {tuple(ARMS)}")
+    return ARMS[arm](cfg)
+
+
+#: The paper's claims, stated before any of our numbers (differences B - A of per-case, organ-averaged values).
+CLAIMS = (
+    Claim("dsc", "Baseline", "Baseline+RS", "higher",
+          "Adding the region-specific loss to the baseline raises the DSC",
+          paper=round(_PDDCA["Baseline+RS"] - _PDDCA["Baseline"], 3)),
+    Claim("dsc", "Baseline", "Baseline+ARS", "higher",
+          "Adding the adaptive region-specific loss to the baseline raises the DSC",
+          paper=round(_PDDCA["Baseline+ARS"] - _PDDCA["Baseline"], 3)),
+    Claim("dsc", "Baseline+RS", "Baseline+ARS", "higher",
+          "The adaptive region-specific loss beats the plain region-specific loss",
+          paper=round(_PDDCA["Baseline+ARS"] - _PDDCA["Baseline+RS"], 3)),
+    Claim("dsc_early", "Baseline", "Baseline+RS", "higher",
+          "With the region-specific loss the network learns faster (higher DSC early in training)"),
+    Claim("dsc_early", "Baseline", "Baseline+ARS", "higher",
+          "With the adaptive region-specific loss the network learns faster (higher DSC early in training)"),
+)
+
+
+# --------------------------------------------------------------------------- configuration
+SOURCES = ("phantom", "openkbp")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every size of one run of the experiment (see :func:`default_config`).
+
+    Data: ``source`` ``"phantom"`` (``n_train + n_val + n_test`` seeded phantom
+    head-and-neck cases of ``data_seed``, split in this order, ``dims``-D,
+    ``shape`` pixels of ``spacing`` mm, plus ``noise_hu`` of Gaussian CT noise)
+    or ``"openkbp"`` (the first patients with a CT of OpenKBP's own splits;
+    ``None`` = all; ``shape``, ``spacing``, ``noise_hu`` and ``data_seed`` are then
+    unused). Losses: ``arms`` (keys of :data:`ARMS`); ``lam`` weights the
+    CE of the baseline; the region terms use ``grid`` (DC), ``A``, ``B``,
+    ``region_reduction`` and ``region_weight``. Training: a U-Net of ``depth``
+    levels and ``width`` channels, Adam with ``lr``, learning rate divided by 10
+    after ``plateau_patience`` epochs without validation improvement, at most
+    ``epochs`` epochs, stopped after ``early_stopping`` epochs without
+    improvement (``None``: never), the weights with the lowest validation loss
+    restored. ``early_epoch``: the epoch whose weights give ``dsc_early``.
+    """
+
+    source: str = "phantom"
+    n_train: int | None = 48
+    n_val: int | None = 8
+    n_test: int | None = 24
+    dims: int = 2
+    shape: tuple | None = (64, 64)
+    spacing: float | tuple | None = 3.2
+    noise_hu: float = 80.0
+    window: tuple = (-200.0, 1200.0)
+    organs: tuple = ORGANS_PHANTOM
+    data_seed: int = 0
+    arms: tuple = MAIN_ARMS
+    lam: float = 1.0
+    grid: int = 16
+    A: float = 0.3
+    B: float = 0.4
+    region_reduction: str = "mean"
+    region_weight: float = 1.0
+    width: int = 8
+    depth: int = 3
+    dropout: float = 0.1
+    epochs: int = 40
+    batch_size: int = 4
+    lr: float = 3e-3
+    plateau_patience: int = 5
+    early_stopping: int | None = None
+    early_epoch: int = 10
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
+        for name in ("width", "depth", "epochs", "batch_size", "early_epoch", "plateau_patience", "grid"):
+            _positive_int(getattr(self, name), name)
+        for name in ("n_train", "n_val", "n_test"):
+            v = getattr(self, name)
+            if v is not None or self.source == "phantom":  # None (every patient) only for OpenKBP
+                _positive_int(v, name)
+        if self.source == "phantom" and (self.shape is None or self.spacing is None):
+            raise ValueError("phantom data need a shape and a spacing")
+        if self.n_test is not None and self.n_test < 2:
+            raise ValueError(f"n_test must be >= 2 for paired tests, got {self.n_test}")
+        if self.early_stopping is not None:
+            _positive_int(self.early_stopping, "early_stopping")
+        if self.early_epoch > self.epochs:
+            raise ValueError(f"early_epoch ({self.early_epoch}) must not exceed epochs ({self.epochs})")
+        arms = tuple(self.arms)
+        bad = [a for a in arms if a not in ARMS]
+        if not arms or bad or len(set(arms)) != len(arms):
+            raise ValueError(f"arms must be distinct names of {tuple(ARMS)}, got {self.arms!r}")
+        object.__setattr__(self, "arms", arms)
+        object.__setattr__(self, "organs", tuple(self.organs))
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(self.shape))
+        object.__setattr__(self, "window", tuple(float(w) for w in self.window))
+        if not self.organs:
+            raise ValueError("organs must name at least one structure")
+        for name in ("lr", "lam", "A", "B", "region_weight", "noise_hu", "dropout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.region_reduction not in ("mean", "sum"):
+            raise ValueError(f"region_reduction must be 'mean' or 'sum', got {self.region_reduction!r}")
+
+
+def _positive_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+_FULL_PHANTOM = dict(n_train=160, n_val=20, n_test=40, dims=3, shape=(64, 128, 128), spacing=(3.0, 2.0, 2.0),
+                     organs=ORGANS_OPENKBP, noise_hu=40.0)
+
+
+def default_config(profile: str | None = None, **overrides) -> Config:
+    """The experiment's sizes for ``profile`` (default: :func:`rtlearn.config.profile`), with ``overrides``.
+
+    * ``quick`` (a demonstration, about 2.5 min for the five main arms on one
+      CPU thread): 48 / 8 / 24 phantom slices of 64 x 64 pixels (3.2 mm) with
+      80 HU of added noise, a 3-level U-Net of width 8, 40 epochs, batch 4, the
+      five arms CE, Dice, Baseline, Baseline + RS, Baseline + ARS.
+    * ``study`` (recorded by ``python -m rtlearn.study region --profile study
+      --seeds 0-4``): the paper's three arms Baseline, Baseline + RS and
+      Baseline + ARS on 160 / 24 / 40 slices of the same kind, at most 100
+      epochs with early stopping after 10 epochs without improvement of the
+      validation loss (the best weights restored), ``dsc_early`` after 5 epochs
+      (200 optimisation steps, while the baseline is still learning). Measured
+      cost of seed 0: 488 s (8.1 min) on one thread of a 2-core CPU shared with
+      other jobs (load average 6-9; 35, 32 and 48 epochs for the three arms),
+      so five seeds take about 40 min on one core, 25 min on two.
+    * ``full`` (GPU): OpenKBP's CT volumes with its seven organs at risk (every
+      patient with a CT), a 4-level U-Net of width 16, 60 epochs, batch 2; with
+      ``source="phantom"`` 160 / 20 / 40 3D phantoms of 64 x 128 x 128 voxels.
+
+    Raises
+    ------
+    ValueError
+        For an unknown profile, an unknown override name or a bad value.
+    """
+    name = active_profile() if profile is None else check_profile(profile)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown Config field(s) {unknown}; the fields are {sorted(fields)}")
+    if name == "quick":
+        base = {}
+    elif name == "study":
+        base = dict(n_train=160, n_val=24, n_test=40, arms=("Baseline", "Baseline+RS", "Baseline+ARS"),
+                    epochs=100, early_stopping=10, early_epoch=5)
+    else:
+        train = dict(epochs=60, width=16, depth=4, batch_size=2, lr=1e-3)
+        if overrides.get("source", "openkbp") == "openkbp":
+            base = dict(source="openkbp", n_train=None, n_val=None, n_test=None, dims=3, shape=None, spacing=None,
+                        noise_hu=0.0, window=(-200.0, 400.0), organs=ORGANS_OPENKBP, **train)
+        else:
+            base = dict(_FULL_PHANTOM, **train)
+    return Config(**{**base, **overrides})
+
+
+#: Overrides that make ``default_config("study", **TINY)`` run one seed in a few seconds.
+TINY = dict(n_train=4, n_val=2, n_test=3, shape=(32, 32), spacing=8.0, epochs=2, early_epoch=1, width=4,
+            depth=2, batch_size=2, grid=4)
 
 
 # --------------------------------------------------------------------------- data
@@ -121,7 +338,7 @@ def _split(images, labels, spacing, n_train, n_val, n_test, organs):
     for k, (a, b) in cut.items():
         out[k] = {"image": torch.from_numpy(np.ascontiguousarray(images[a:b, None])),
                   "label": torch.from_numpy(np.ascontiguousarray(labels[a:b])),
-                  "spacing": np.asarray(spacing[a:b], np.float64)}
+                  "spacing": np.asarray(spacing[a:b], np.float64), "cases": list(range(a, b))}
     return out
 
 
@@ -139,7 +356,7 @@ def phantom_data(n_train: int = 48, n_val: int = 8, n_test: int = 16, *, site: s
     Uses :class:`rtlearn.phantom.PhantomSegmentationDataset` (``n_train + n_val +
     n_test`` seeded cases). Returns ``{"train"|"val"|"test": {"image": N x 1 x
     spatial float32 in [-1, 1], "label": N x spatial uint8, "spacing": N x dims
-    (mm)}, "organs": names, "dims": dims}``.
+    (mm), "cases": case indices}, "organs": names, "dims": dims}``.
 
     ``noise_hu`` adds seeded Gaussian noise (standard deviation in HU) to the
     CT before windowing, on top of the phantom's own 8 HU, for a harder
@@ -176,8 +393,6 @@ def openkbp_data(n_train=None, n_val=None, n_test=None, *, organs=ORGANS_OPENKBP
     ``None`` (the default) takes every patient of a split that has a CT.
     Requires the prepared dataset (:func:`rtlearn.data.openkbp.find_openkbp`).
     """
-    from tqdm.auto import tqdm
-
     _check_counts(*(1 if v is None else v for v in (n_train, n_val, n_test)))
     organs = tuple(organs)
     out = {"organs": organs, "dims": 3, "skipped_no_ct": []}
@@ -199,8 +414,18 @@ def openkbp_data(n_train=None, n_val=None, n_test=None, *, organs=ORGANS_OPENKBP
         if not ids or (n is not None and len(ids) < n):
             raise ValueError(f"only {len(ids)} {split} patients with a CT, {n} requested")
         out[key] = {"image": torch.from_numpy(np.stack(imgs)[:, None]), "label": torch.from_numpy(np.stack(labs)),
-                    "spacing": np.asarray(sps, np.float64), "patients": ids}
+                    "spacing": np.asarray(sps, np.float64), "patients": ids, "cases": ids}
     return out
+
+
+def load_data(cfg: Config, progress: bool = False) -> dict:
+    """The data of ``cfg``: :func:`phantom_data` or :func:`openkbp_data` (fixed by ``cfg``, not by the seed)."""
+    if cfg.source == "openkbp":
+        return openkbp_data(cfg.n_train, cfg.n_val, cfg.n_test, organs=cfg.organs, window=cfg.window,
+                            progress=progress)
+    return phantom_data(cfg.n_train, cfg.n_val, cfg.n_test, organs=cfg.organs, dims=cfg.dims, shape=cfg.shape,
+                        spacing=cfg.spacing, seed=cfg.data_seed, window=cfg.window, noise_hu=cfg.noise_hu,
+                        progress=progress)
 
 
 class _Pairs(torch.utils.data.Dataset):
@@ -214,42 +439,23 @@ class _Pairs(torch.utils.data.Dataset):
         return {"input": self.x[i], "target": self.y[i].long()}
 
 
-# --------------------------------------------------------------------------- losses
-def make_loss(name: str, *, grid=16, A: float = 0.3, B: float = 0.4, lam: float = 1.0,
-              region_reduction: str = "mean", region_weight: float = 1.0):
-    """Loss ``f(probabilities, labels) -> scalar`` for one of :data:`LOSSES`.
+class _SnapshotLoader(torch.utils.data.DataLoader):
+    """Validation loader that keeps a copy of ``model``'s weights as its pass of epoch ``epoch`` begins.
 
-    ``probabilities``: ``N x C x spatial`` softmax output; ``labels``: ``N x spatial``
-    integers. ``"baseline"`` is Eq. (9) of Chen et al. 2023 (Dice + ``lam`` CE);
-    ``"baseline+rs"`` adds ``region_weight`` x the region-specific loss (Eq. (4),
-    ``grid`` = DC), ``"baseline+ars"`` the adaptive one (Eqs. (6)-(8), weights in
-    ``[A, A + B]``). ``"rs"``/``"ars"`` are the region terms alone.
+    The trainer validates right after each training epoch, so the copy holds the
+    weights after ``epoch`` epochs of the run (the weights of the last epoch when
+    early stopping ends the run sooner). Iterating it draws what a plain loader draws.
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
-    rs_kw = dict(region_reduction=region_reduction)
 
-    def rs(p, y):
-        return _region.region_specific_loss(p, y, grid, **rs_kw)
+    def __init__(self, dataset, model, epoch: int, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.model, self.epoch, self.passes, self.state = model, epoch, 0, None
 
-    def ars(p, y):
-        return _region.adaptive_region_specific_loss(p, y, grid, A, B, **rs_kw)
-
-    table = {
-        "ce": lambda p, y: _overlap.cross_entropy_loss(p, y),
-        "dice": lambda p, y: _overlap.dice_loss(p, y),
-        "baseline": lambda p, y: _overlap.dice_ce_loss(p, y, lam),
-        "baseline+rs": lambda p, y: _overlap.dice_ce_loss(p, y, lam) + region_weight * rs(p, y),
-        "baseline+ars": lambda p, y: _overlap.dice_ce_loss(p, y, lam) + region_weight * ars(p, y),
-        "rs": rs,
-        "ars": ars,
-        "focal_tversky": lambda p, y: _overlap.focal_tversky_loss(p, y),
-        "generalised_dice": lambda p, y: _overlap.generalized_dice_loss(p, y),
-        "sensitivity_specificity": lambda p, y: _overlap.sensitivity_specificity_loss(p, y),
-    }
-    fn = table[name]
-    fn.__name__ = name
-    return fn
+    def __iter__(self):
+        self.passes += 1
+        if self.passes <= self.epoch:
+            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return super().__iter__()
 
 
 # --------------------------------------------------------------------------- metrics
@@ -266,7 +472,7 @@ def hard_dice(pred, labels, n_classes: int) -> float:
     return float(d[present].mean()) if bool(present.any()) else float("nan")
 
 
-def case_metrics(pred_labels, labels, organs, spacing) -> dict:
+def case_metrics(pred_labels, labels, organs, spacing, surface: bool = True) -> dict:
     """Per-case, per-organ DSC, recall, precision, HD95 (mm) and ASD (mm), Eqs. (10)-(12) of Chen et al. 2023.
 
     Parameters
@@ -276,6 +482,8 @@ def case_metrics(pred_labels, labels, organs, spacing) -> dict:
         Names of labels ``1..K``.
     spacing : array_like, ``N x dims`` or ``dims``
         Voxel size in mm.
+    surface : bool
+        Compute HD95 and ASD (default True; False leaves them NaN, faster).
 
     Returns
     -------
@@ -298,9 +506,11 @@ def case_metrics(pred_labels, labels, organs, spacing) -> dict:
             out["dsc"][i, k] = M.dice(pm, gm)
             out["recall"][i, k] = M.recall(pm, gm)
             out["precision"][i, k] = M.precision(pm, gm)
-            out["hd95"][i, k] = M.hausdorff(pm, gm, sp[i], percentile=95)  # NaN for a missed organ
+            if surface:
+                out["hd95"][i, k] = M.hausdorff(pm, gm, sp[i], percentile=95)  # NaN for a missed organ
             if pm.any():
-                out["asd"][i, k] = M.average_surface_distance(pm, gm, sp[i])
+                if surface:
+                    out["asd"][i, k] = M.average_surface_distance(pm, gm, sp[i])
             else:
                 out["missed"][i, k] = True
     out["organs"] = tuple(organs)
@@ -315,7 +525,6 @@ def organ_mean(metric: np.ndarray) -> np.ndarray:
         return np.where(cnt > 0, np.nansum(m, 1) / np.maximum(cnt, 1), np.nan)
 
 
-# --------------------------------------------------------------------------- training
 @torch.no_grad()
 def predict_labels(model, images, batch_size: int = 8, device=None) -> torch.Tensor:
     """Argmax labels ``N x spatial`` (uint8, CPU) of a model on ``N x 1 x spatial`` images."""
@@ -326,83 +535,281 @@ def predict_labels(model, images, batch_size: int = 8, device=None) -> torch.Ten
     return torch.cat(outs)
 
 
-def train_one(loss, data: dict, *, epochs: int = 20, width: int = 8, depth: int = 3, dropout: float = 0.1,
-              lr: float = 3e-3, batch_size: int = 8, seed: int = 0, device=None, progress: bool = False,
-              label: str | None = None, **loss_kw) -> dict:
-    """Train a U-Net (batch norm, dropout, softmax output) with one loss and evaluate it on the test cases.
+# --------------------------------------------------------------------------- one seed
+def _model(cfg, n_classes, dims):
+    return UNet(1, n_classes, dims=dims, depth=cfg.depth, width=cfg.width, norm="batch", dropout=cfg.dropout,
+                final_activation="softmax")
 
-    Parameters
-    ----------
-    loss : str or callable
-        A name of :data:`LOSSES` (built by :func:`make_loss` with ``loss_kw``) or ``f(probs, labels)``.
-    data : dict
-        From :func:`phantom_data` or :func:`openkbp_data`.
-    epochs, width, depth, dropout, lr, batch_size, seed
-        Training set-up (Adam, learning rate divided by 10 after 5 epochs without
-        validation improvement; the weights with the lowest validation loss are kept).
+
+def run(cfg: Config, seed: int, *, data=None, progress: bool = True) -> dict:
+    """Train every arm of ``cfg`` for ``seed`` with :func:`rtlearn.train.fit`; evaluate on the test cases.
+
+    Each arm starts from the same initial weights (built in :func:`rtlearn.train.seeded`
+    with ``seed``) and sees the batches in the same order. Per test case the record holds
+    the organ-averaged ``dsc``, ``recall``, ``precision``, ``hd95`` (mm), ``asd`` (mm),
+    ``missed`` (number of organs present but not predicted), ``dsc_<organ>`` per organ
+    and ``dsc_early``: the organ-averaged DSC of the same run's weights after
+    ``cfg.early_epoch`` epochs (learning speed).
 
     Returns
     -------
     dict
-        ``label``, ``history`` (per-epoch records with ``val_dsc``), ``metrics``
-        (:func:`case_metrics` on the test split), ``pred`` (test labels) and ``seconds``.
+        A run record (:func:`rtlearn.study.validate_record`) plus ``live``:
+        ``{"models": {arm: model}, "pred": {arm: test labels}, "pred_early": ...}``.
     """
-    fn = make_loss(loss, **loss_kw) if isinstance(loss, str) else loss
-    if not callable(fn):
-        raise TypeError(f"loss must be a loss name or a callable, got {type(loss).__name__}")
-    organs = data["organs"]
-    C = len(organs) + 1
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the model's initial weights
-    model = UNet(1, C, dims=data["dims"], depth=depth, width=width, norm="batch", dropout=dropout,
-                 final_activation="softmax")
-    train = torch.utils.data.DataLoader(_Pairs(data["train"]), batch_size=batch_size, shuffle=True, generator=gen)
-    val = torch.utils.data.DataLoader(_Pairs(data["val"]), batch_size=batch_size)
-    t0 = time.perf_counter()
-    trainer = Trainer(model, lambda p, b: fn(p, b["target"]), lr=lr, seed=seed, device=device, progress=progress,
-                      metrics={"val_dsc": lambda p, b: hard_dice(p, b["target"], C)})
-    history = trainer.fit(train, epochs, val)
-    pred = predict_labels(trainer.model, data["test"]["image"], batch_size, trainer.device)
-    seconds = time.perf_counter() - t0
-    mets = case_metrics(pred, data["test"]["label"], organs, data["test"]["spacing"])
-    return {"label": label or (loss if isinstance(loss, str) else getattr(fn, "__name__", "loss")),
-            "history": history.records, "metrics": mets, "pred": pred.numpy(), "seconds": seconds}
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    data = load_data(cfg) if data is None else data
+    organs, test = data["organs"], data["test"]
+    n_classes = len(organs) + 1
+    device = torch.device(cfg.device) if cfg.device else get_device()
+    metrics, history, seconds = {}, {}, {}
+    live = {"models": {}, "pred": {}, "pred_early": {}}
+    for arm in tqdm(cfg.arms, desc=f"arms (seed {seed})", disable=not progress):
+        loss = arm_loss(arm, cfg)
+        with seeded(seed):
+            model = _model(cfg, n_classes, data["dims"])
+        val = _SnapshotLoader(_Pairs(data["val"]), model, cfg.early_epoch, batch_size=cfg.batch_size)
+        t0 = time.perf_counter()
+        result = fit(model, loss, _Pairs(data["train"]), val=val, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                     seed=seed, lr=cfg.lr, plateau_patience=cfg.plateau_patience,
+                     early_stopping=cfg.early_stopping, device=device, progress=False,
+                     metrics={"val_dsc": lambda p, b: hard_dice(p, b["target"], n_classes)})
+        pred = predict_labels(result.model, test["image"], cfg.batch_size, device)
+        seconds[arm] = time.perf_counter() - t0
+        early = copy.deepcopy(result.model)
+        early.load_state_dict(val.state)
+        pred_early = predict_labels(early, test["image"], cfg.batch_size, device)
+        m = case_metrics(pred, test["label"], organs, test["spacing"])
+        m_early = case_metrics(pred_early, test["label"], organs, test["spacing"], surface=False)
+        per_case = {k: organ_mean(m[k]) for k in ("dsc", "recall", "precision", "hd95", "asd")}
+        per_case["missed"] = m["missed"].sum(1).astype(float)
+        per_case["dsc_early"] = organ_mean(m_early["dsc"])
+        per_case.update({f"dsc_{o}": m["dsc"][:, j] for j, o in enumerate(organs)})
+        metrics[arm] = {k: [float(x) for x in v] for k, v in per_case.items()}
+        history[arm] = result.history.records
+        live["models"][arm], live["pred"][arm] = result.model, pred.numpy()
+        live["pred_early"][arm] = pred_early.numpy()
+    cases = [c if isinstance(c, str) else int(c) for c in test.get("cases", range(test["image"].shape[0]))]
+    return {"cases": cases, "metrics": metrics, "history": history, "seconds": seconds, "live": live}
+
+
+def merge_records(*records) -> dict:
+    """One record with the arms of several records of the same seed and test cases (e.g. main + Table 5 arms)."""
+    if not records:
+        raise ValueError("give at least one record")
+    out = {"cases": list(records[0]["cases"]), "metrics": {}, "history": {}, "seconds": {}}
+    for r in records:
+        if list(r["cases"]) != out["cases"]:
+            raise ValueError("records to merge must have the same test cases")
+        clash = set(r["metrics"]) & set(out["metrics"])
+        if clash:
+            raise ValueError(f"arms {sorted(clash)} appear in more than one record")
+        for key in ("metrics", "history", "seconds"):
+            out[key].update(r[key])
+    return out
 
 
 # --------------------------------------------------------------------------- tables
-def summary_rows(results, metric_names=("dsc", "recall", "precision", "hd95", "asd")) -> list:
-    """One row per run: mean +- SD over test cases of each organ-averaged metric, per-organ mean DSC."""
-    rows = []
-    for r in results:
-        m = r["metrics"]
-        row = {"loss": r["label"]}
-        for k in metric_names:
-            v = organ_mean(m[k])
-            row[k] = (float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0)
-        for j, o in enumerate(m["organs"]):
-            row[o] = float(np.nanmean(m["dsc"][:, j]))
-        row["missed"] = int(m["missed"].sum())
-        rows.append(row)
-    return rows
+def _over_seeds(study, metric, arm, reduce=np.nanmean):
+    """Mean over seeds of each seed's ``reduce`` over the test cases, and the sd over seeds (NaN for one seed)."""
+    per_seed = np.array([reduce(row) if np.isfinite(row).any() else np.nan for row in study.metric(metric, arm)])
+    if not np.isfinite(per_seed).any():
+        return math.nan, math.nan
+    s = seed_summary(per_seed)
+    return s["mean"], s["sd"]
 
 
-def wilcoxon_rows(results, reference: str, metric: str = "dsc") -> list:
-    """Paired Wilcoxon tests of the organ-averaged ``metric`` per test case, every run vs ``reference``."""
-    by = {r["label"]: r for r in results}
-    if reference not in by:
-        raise ValueError(f"reference {reference!r} not among the runs {list(by)}")
-    ref = organ_mean(by[reference]["metrics"][metric])
-    rows = []
-    for r in results:
-        if r["label"] == reference:
-            continue
-        s = wilcoxon_summary(organ_mean(r["metrics"][metric]), ref, names=("run", "ref"))
-        rows.append({"loss": r["label"], "vs": reference, "mean": s["run_mean"], "ref mean": s["ref_mean"],
-                     "median diff": s["median_diff"], "p": s["p"], "n": s["n"]})
-    return rows
+def _cell(mean, sd, digits=3):
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if not math.isfinite(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def tables(study, *which, arms=None, claims=CLAIMS) -> Markdown:
+    """The chapter's tables from a :class:`rtlearn.study.Study` (live or recorded), as Markdown.
+
+    ``which`` names the tables (default all):
+
+    * ``"organs"`` -- test DSC per organ and organ-averaged (the paper's Tables 1-2),
+      with the paper's organ-averaged DSC on PDDCA and its in-house set;
+    * ``"metrics"`` -- organ-averaged DSC, recall, precision, HD95, ASD, missed
+      organs and the early-epoch DSC (Tables 3-4);
+    * ``"claims"`` -- :data:`CLAIMS` judged (:func:`rtlearn.metrics.stats.judge`:
+      seed-averaged per-case Wilcoxon tests, bootstrap CI, one Holm correction).
+
+    Every number is the mean over test cases, then the mean ± sd over seeds (one
+    seed: the mean only). ``arms`` restricts the first two tables.
+    """
+    which = which or ("organs", "metrics", "claims")
+    bad = [w for w in which if w not in ("organs", "metrics", "claims")]
+    if bad:
+        raise ValueError(f"unknown table(s) {bad}; choose among 'organs', 'metrics', 'claims'")
+    arms = list(study.arms if arms is None else arms)
+    missing = [a for a in arms if a not in study.arms]
+    if missing:
+        raise ValueError(f"arms {missing} are not in the study (it has {study.arms})")
+    organs = list(study.config["organs"])
+    n = len(study.seeds)
+    spread = f"mean over {len(study.cases)} test cases" + (f", ± sd over {n} seeds" if n > 1 else ", one seed")
+    parts = []
+    if "organs" in which:
+        rows = []
+        for a in arms:
+            row = [a] + [_cell(*_over_seeds(study, f"dsc_{o}", a)) for o in organs]
+            row += [_cell(*_over_seeds(study, "dsc", a))]
+            row += [_fmt(PAPER["PDDCA mean DSC"].get(a)), _fmt(PAPER["in-house mean DSC"].get(a))]
+            rows.append(row)
+        parts.append(f"**Test DSC per organ and organ-averaged ({spread}); the paper's organ-averaged DSC**\n\n"
+                     + markdown_table(["loss", *organs, "mean DSC", "paper PDDCA", "paper in-house"], rows))
+    if "metrics" in which:
+        early = study.config["early_epoch"]
+        rows = []
+        for a in arms:
+            row = [a] + [_cell(*_over_seeds(study, k, a)) for k in ("dsc", "recall", "precision")]
+            row += [_cell(*_over_seeds(study, k, a), digits=2) for k in ("hd95", "asd")]
+            row += [_cell(*_over_seeds(study, "missed", a, np.nansum), digits=1),
+                    _cell(*_over_seeds(study, "dsc_early", a))]
+            rows.append(row)
+        parts.append(f"**Organ-averaged test metrics ({spread}; missed: organ-cases in all)**\n\n"
+                     + markdown_table(["loss", "DSC", "recall", "precision", "HD95 (mm)", "ASD (mm)", "missed",
+                                       f"DSC after {early} epochs"], rows))
+    if "claims" in which:
+        usable = [c for c in claims if c.a in study.arms and c.b in study.arms]
+        if usable:
+            rows = judge(study, usable)
+            for r in rows:
+                r["b"] = f"{r['b']} ({r['metric']})"
+            parts.append("**The paper's claims (differences B − A per test case, seed-averaged; paper: PDDCA)**"
+                         "\n\n" + format_comparison(rows, digits=3))
+    return Markdown("\n\n".join(parts))
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 # --------------------------------------------------------------------------- figures
+def plot_case(data, index: int = 0, ax=None):
+    """A test case: windowed CT and organ contours (for 3D data, the axial slice with most organ voxels)."""
+    import matplotlib.pyplot as plt
+
+    from .. import plotting
+
+    organs = data["organs"]
+    colors = plotting.structure_colors(organs)
+    ct = data["test"]["image"][index, 0].numpy()
+    lab = data["test"]["label"][index].numpy()
+    sp = data["test"]["spacing"][index]
+    if ct.ndim == 3:
+        z = int((lab > 0).sum((1, 2)).argmax())
+        ct, lab, sp = ct[z], lab[z], sp[1:]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.8, 4.2))
+    ext = (0, ct.shape[1] * sp[1], ct.shape[0] * sp[0], 0)
+    im = ax.imshow(ct, cmap="gray", extent=ext, vmin=-1, vmax=1)
+    for k, o in enumerate(organs):
+        if (lab == k + 1).any():
+            ax.contour(lab == k + 1, levels=[0.5], colors=[colors[o]], linewidths=1.2,
+                       extent=(ext[0], ext[1], ext[3], ext[2]), origin="upper")
+            ax.plot([], [], color=colors[o], label=o)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set(title="A test case: windowed CT and organs", xlabel="x (mm)", ylabel="y (mm)")
+    ax.grid(False)
+    ax.figure.colorbar(im, ax=ax, label="CT, window [-200, 1200] HU -> [-1, 1]")
+    return ax.figure
+
+
+def plot_learning_curves(study, arms=None, ax=None):
+    """Validation DSC per epoch (the paper's Figs. 3-4): mean over seeds, the early-epoch snapshot marked."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 3.6))
+    for arm in arms or study.arms:
+        curves = [[r["val_dsc"] for r in h] for h in study.histories(arm)]
+        n = max(len(c) for c in curves)
+        grid = np.full((len(curves), n), np.nan)
+        for i, c in enumerate(curves):
+            grid[i, :len(c)] = c
+        mean = np.nanmean(grid, 0)  # every column has a value: column j exists because some run reached it
+        main = arm.startswith("Baseline")
+        ax.plot(np.arange(1, n + 1), mean, label=arm, lw=2 if main else 1, ls="-" if main else ":")
+    early = study.config["early_epoch"]
+    ax.axvline(early, color="0.5", lw=0.8, ls="--")
+    ax.text(early, 0.02, f" epoch {early}", color="0.4", fontsize=8)
+    seeds = len(study.seeds)
+    ax.set(xlabel="epoch", ylabel="validation DSC (organ mean)", ylim=(0, 1),
+           title="Validation DSC during training" + (f" (mean over {seeds} seeds)" if seeds > 1 else ""))
+    ax.legend()
+    return ax.figure
+
+
+def plot_predictions(data, study, pred, arms=("Baseline", "Baseline+RS", "Baseline+ARS"), seed=None):
+    """Ground truth and the predictions of ``arms`` on the worst, median and best test case of the first arm.
+
+    ``pred``: ``{arm: N x spatial labels}`` (the ``live["pred"]`` of :func:`run`); titles give each case's
+    organ-averaged DSC (of ``seed``, default the study's first).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from .. import plotting
+
+    organs = data["organs"]
+    colors = plotting.structure_colors(organs)
+    cmap = ListedColormap([(0, 0, 0, 0)] + [colors[o] for o in organs])
+    row_of = 0 if seed is None else study.seeds.index(seed)
+    case_dsc = {k: study.metric("dsc", k)[row_of] for k in arms}
+    order = np.argsort(case_dsc[arms[0]])
+    show = order[[0, len(order) // 2, -1]]
+    cols = ["ground truth", *arms]
+    fig, axes = plt.subplots(len(show), len(cols), figsize=(2.5 * len(cols), 2.6 * len(show)), squeeze=False)
+    for row, i in zip(axes, show):
+        img = data["test"]["image"][i, 0].numpy()
+        labs = [data["test"]["label"][i].numpy()] + [pred[k][i] for k in arms]
+        sp = data["test"]["spacing"][i]
+        if img.ndim == 3:
+            z = int((labs[0] > 0).sum((1, 2)).argmax())
+            img, labs, sp = img[z], [lb[z] for lb in labs], sp[1:]
+        ext = (0, img.shape[1] * sp[1], img.shape[0] * sp[0], 0)
+        for ax, name, lb in zip(row, cols, labs):
+            ax.imshow(img, cmap="gray", vmin=-1, vmax=1, extent=ext)
+            ax.imshow(lb, cmap=cmap, vmin=0, vmax=len(organs), alpha=0.6, interpolation="nearest", extent=ext)
+            ax.set_title(name if name == "ground truth" else f"{name}: DSC {case_dsc[name][i]:.3f}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+        row[0].set_ylabel(f"test case {study.cases[i]}")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[o]) for o in organs]
+    fig.legend(handles, organs, loc="outside lower center", ncol=len(organs), fontsize=8)
+    return fig
+
+
+def plot_ablation(values, per_case_dsc, *, xlabel, title, labels=None, reference=None, log=False, ax=None):
+    """Test DSC (organ mean over cases ± SEM) against a setting (the paper's Figs. 7-8).
+
+    ``per_case_dsc``: one array of per-case organ-averaged DSC per value; ``reference``:
+    ``(label, per-case DSC)`` drawn as a horizontal line.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    arrays = [np.asarray(d, float) for d in per_case_dsc]
+    mean = [np.nanmean(d) for d in arrays]
+    sem = [np.nanstd(d, ddof=1) / np.sqrt(np.isfinite(d).sum()) for d in arrays]
+    ax.errorbar(values, mean, yerr=sem, marker="o", capsize=3)
+    if reference is not None:
+        ax.axhline(np.nanmean(reference[1]), color="k", ls=":", label=reference[0])
+        ax.legend()
+    if log:
+        ax.set_xscale("log")
+    ax.set(xticks=values, xticklabels=labels or [str(v) for v in values], xlabel=xlabel,
+           ylabel="test DSC (organ mean ± SEM)", title=title)
+    return ax.figure
+
+
 def gradient_map(loss_fn, probs, target) -> np.ndarray:
     """Gradient of ``loss_fn(probs, target)`` with respect to the probabilities (autograd), as NumPy."""
     p = probs.detach().clone().requires_grad_(True)

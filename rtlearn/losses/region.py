@@ -22,10 +22,18 @@ Choices (all arguments):
   (``detach_weights=True``): the paper describes them as penalty weights set from
   the current prediction, not as terms to optimise; letting gradient flow through
   them would also reward the network for shifting the FP/FN balance itself.
+
+The paper trains with the region terms *added* to its baseline (Dice + CE,
+Eq. (9)): ``B + RS`` and ``B + ARS`` of its Sec. 4. :class:`SumOfLosses` is that
+sum as one module, e.g. ``SumOfLosses(DiceCELoss(), RegionSpecificLoss(16))``.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
+from torch import nn
 
 from ._checks import check_nonnegative_number
 from ._seg import check_eps, dice_terms, parse_grid, prepare, reduce_losses, tversky_counts, tversky_from_counts
@@ -33,7 +41,7 @@ from .overlap import _Base
 
 __all__ = [
     "region_specific_loss", "adaptive_tversky_weights", "adaptive_region_specific_loss",
-    "RegionSpecificLoss", "AdaptiveRegionSpecificLoss",
+    "RegionSpecificLoss", "AdaptiveRegionSpecificLoss", "sum_of_losses", "SumOfLosses",
 ]
 
 
@@ -163,3 +171,81 @@ class AdaptiveRegionSpecificLoss(_Base):
     _fn = staticmethod(adaptive_region_specific_loss)
     _positional = ("grid", "A", "B")
 
+
+
+def _check_terms(losses, weights):
+    losses = tuple(losses)
+    if not losses:
+        raise ValueError("give at least one loss to sum")
+    for i, f in enumerate(losses):
+        if not callable(f):
+            raise TypeError(f"loss {i} must be callable (a loss object), got {type(f).__name__}")
+    if weights is None:
+        return losses, (1.0,) * len(losses)
+    weights = tuple(weights)
+    if len(weights) != len(losses):
+        raise ValueError(f"{len(weights)} weights for {len(losses)} losses; give one weight per loss")
+    out = []
+    for i, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"weight {i} must be a finite number >= 0, got {w!r}")
+        out.append(float(w))
+    return losses, tuple(out)
+
+
+def sum_of_losses(pred, target, losses, weights=None):
+    """Weighted sum of losses on the same prediction: the paper's ``B + RS`` and ``B + ARS``.
+
+    .. math:: L = \\sum_j w_j L_j(p, g)
+
+    e.g. ``L_{Baseline} + L_{RS}`` (Eqs. (9) and (4) of Chen et al. 2023) with
+    ``losses = (DiceCELoss(), RegionSpecificLoss(16))`` and unit weights.
+
+    Parameters
+    ----------
+    pred, target
+        Passed unchanged to every loss.
+    losses : sequence of callable
+        ``f(pred, target) -> scalar tensor``.
+    weights : sequence of float, optional
+        One finite weight ``>= 0`` per loss (default: all 1).
+    """
+    losses, weights = _check_terms(losses, weights)
+    total = None
+    for f, w in zip(losses, weights):
+        term = f(pred, target)
+        term = term if w == 1.0 else w * term
+        total = term if total is None else total + term
+    return total
+
+
+class SumOfLosses(nn.Module):
+    """Module form of :func:`sum_of_losses`: ``SumOfLosses(DiceCELoss(), RegionSpecificLoss(16), weights=(1, 1))``.
+
+    The terms are sub-modules, so ``print`` shows the whole composition.
+    """
+
+    def __init__(self, *losses, weights=None):
+        super().__init__()
+        losses, self.weights = _check_terms(losses, weights)
+        self.terms = nn.ModuleList([f if isinstance(f, nn.Module) else _Callable(f) for f in losses])
+
+    def forward(self, pred, target):
+        return sum_of_losses(pred, target, self.terms, self.weights)
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}"
+
+
+class _Callable(nn.Module):
+    """A plain function as a module (so that :class:`SumOfLosses` can hold it)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, pred, target):
+        return self.fn(pred, target)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))

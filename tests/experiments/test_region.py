@@ -1,4 +1,4 @@
-"""Experiment driver of the region-specific losses chapter: data, losses, metrics, training, tables."""
+"""Experiment driver of the region-specific losses chapter: config, data, arms, run record, claims, tables."""
 import numpy as np
 import pytest
 import torch
@@ -6,14 +6,14 @@ import torch
 from rtlearn import metrics as M
 from rtlearn.experiments import region as R
 from rtlearn.losses import overlap as D
-from rtlearn.tables import markdown_table
+from rtlearn.losses import region as RS
 
-TINY = dict(shape=(32, 32), spacing=8.0, cache=False)
+TINY_DATA = dict(shape=(32, 32), spacing=8.0, cache=False)
 
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    return R.phantom_data(4, 2, 3, **TINY)
+    return R.phantom_data(4, 2, 3, **TINY_DATA)
 
 
 def test_labels_from_masks_priority_and_errors():
@@ -48,25 +48,25 @@ def test_phantom_data_split_and_determinism(tiny_data):
         assert d[k]["spacing"].shape == (n, 2)
         assert float(d[k]["image"].min()) >= -1 and float(d[k]["image"].max()) <= 1
         assert int(d[k]["label"].max()) <= len(R.ORGANS_PHANTOM)
-    again = R.phantom_data(4, 2, 3, **TINY)
+    again = R.phantom_data(4, 2, 3, **TINY_DATA)
     assert torch.equal(again["test"]["label"], d["test"]["label"])
     assert torch.equal(again["train"]["image"], d["train"]["image"])
     # every organ of the phantom slice appears in the training labels
     assert set(np.unique(d["train"]["label"].numpy())) == set(range(len(R.ORGANS_PHANTOM) + 1))
     with pytest.raises(ValueError, match="n_val"):
-        R.phantom_data(4, 0, 3, **TINY)
+        R.phantom_data(4, 0, 3, **TINY_DATA)
 
 
 def test_phantom_data_noise(tiny_data):
-    a = R.phantom_data(4, 2, 3, noise_hu=50.0, **TINY)
-    b = R.phantom_data(4, 2, 3, noise_hu=50.0, **TINY)
+    a = R.phantom_data(4, 2, 3, noise_hu=50.0, **TINY_DATA)
+    b = R.phantom_data(4, 2, 3, noise_hu=50.0, **TINY_DATA)
     assert torch.equal(a["train"]["image"], b["train"]["image"])          # seeded
     assert torch.equal(a["train"]["label"], tiny_data["train"]["label"])  # labels untouched
     diff = (a["train"]["image"] - tiny_data["train"]["image"]) * 1400 / 2  # back to HU (window width 1400)
     inside = (tiny_data["train"]["image"] > -0.99) & (tiny_data["train"]["image"] < 0.99)
     assert 40 < float(diff[inside].std()) < 60
     with pytest.raises(ValueError, match="noise_hu"):
-        R.phantom_data(4, 2, 3, noise_hu=-1.0, **TINY)
+        R.phantom_data(4, 2, 3, noise_hu=-1.0, **TINY_DATA)
 
 
 def _probs(shape=(2, 4, 16, 16), seed=0):
@@ -74,23 +74,31 @@ def _probs(shape=(2, 4, 16, 16), seed=0):
     return torch.randn(shape, generator=g).softmax(1), torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
 
 
-def test_make_loss_definitions():
+def test_arm_losses_are_the_papers_definitions():
     p, y = _probs()
+    cfg = R.default_config("quick")
     base = D.dice_ce_loss(p, y)
-    assert torch.allclose(R.make_loss("baseline")(p, y), base)
+    assert torch.allclose(R.arm_loss("Baseline", cfg)(p, y), base)
+    assert torch.allclose(R.arm_loss("CE", cfg)(p, y), D.cross_entropy_loss(p, y))
+    assert torch.allclose(R.arm_loss("Dice", cfg)(p, y), D.dice_loss(p, y))
     # DC = 1: the region term is the global Dice over the classes present
-    rs1 = R.make_loss("baseline+rs", grid=1)(p, y)
+    rs1 = R.arm_loss("Baseline+RS", R.default_config("quick", grid=1))(p, y)
     assert torch.allclose(rs1, base + D.dice_loss(p, y, skip_absent=True), atol=1e-6)
     # a larger grid changes the loss; the weight scales the region term
-    rs4 = R.make_loss("baseline+rs", grid=4)(p, y)
-    rs4w = R.make_loss("baseline+rs", grid=4, region_weight=2.0)(p, y)
+    rs4 = R.arm_loss("Baseline+RS", R.default_config("quick", grid=4))(p, y)
+    rs4w = R.arm_loss("Baseline+RS", R.default_config("quick", grid=4, region_weight=2.0))(p, y)
     assert torch.allclose(rs4w - base, 2 * (rs4 - base), atol=1e-6)
     assert not torch.allclose(rs4, rs1)
-    for name in R.LOSSES:
-        v = R.make_loss(name, grid=4)(p, y)
+    ars = R.arm_loss("Baseline+ARS", R.default_config("quick", grid=4, A=0.2, B=0.6))(p, y)
+    ref = base + RS.adaptive_region_specific_loss(p, y, 4, 0.2, 0.6, region_reduction="mean")
+    assert torch.allclose(ars, ref, atol=1e-6)
+    for name in R.ARMS:
+        loss = R.arm_loss(name, R.default_config("quick", grid=4))
+        assert isinstance(loss, torch.nn.Module), name
+        v = loss(p, y)
         assert v.dim() == 0 and torch.isfinite(v), name
-    with pytest.raises(ValueError, match="unknown loss"):
-        R.make_loss("hinge")
+    with pytest.raises(ValueError, match="unknown arm"):
+        R.arm_loss("hinge", cfg)
 
 
 def test_hard_dice_matches_metrics_dice():
@@ -137,25 +145,120 @@ def test_gradient_map_is_eq3_of_chen():
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-9, atol=1e-12)
 
 
-def test_train_one_is_deterministic_and_tabulates(tiny_data):
-    kw = dict(epochs=2, width=4, depth=2, batch_size=2, seed=3)
-    a = R.train_one("baseline+ars", tiny_data, grid=4, **kw)
-    b = R.train_one("baseline+ars", tiny_data, grid=4, **kw)
-    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
-    np.testing.assert_array_equal(a["pred"], b["pred"])
-    assert len(a["history"]) == 2 and "val_dsc" in a["history"][0]
-    assert a["metrics"]["dsc"].shape == (3, len(R.ORGANS_PHANTOM))
-    c = R.train_one("ce", tiny_data, label="CE", **kw)
-    rows = R.summary_rows([a, c])
-    assert rows[1]["loss"] == "CE" and len(rows[0]["dsc"]) == 2
-    md = markdown_table(["loss", "dsc"], rows, "{:.3f}", nan="n/a")
-    assert md.count("\n") == 3 and "±" in md
-    w = R.wilcoxon_rows([a, c], reference="CE")
-    assert w[0]["loss"] == "baseline+ars" and 0 <= w[0]["p"] <= 1 and w[0]["n"] == 3
-    with pytest.raises(ValueError, match="reference"):
-        R.wilcoxon_rows([a, c], reference="Dice")
-    with pytest.raises(TypeError, match="loss"):
-        R.train_one(3, tiny_data, **kw)
+# --------------------------------------------------------------------------- the chapter shape
+def test_default_config_profiles_and_errors():
+    q = R.default_config("quick")
+    assert (q.n_train, q.n_val, q.n_test, q.shape, q.spacing, q.noise_hu) == (48, 8, 24, (64, 64), 3.2, 80.0)
+    assert (q.epochs, q.width, q.depth, q.batch_size, q.lr, q.early_stopping) == (40, 8, 3, 4, 3e-3, None)
+    assert q.arms == R.MAIN_ARMS and q.grid == 16 and (q.A, q.B) == (0.3, 0.4)
+    s = R.default_config("study")
+    assert s.arms == ("Baseline", "Baseline+RS", "Baseline+ARS")
+    assert s.n_train > q.n_train and s.n_test >= 24 and s.epochs > q.epochs
+    assert s.early_stopping is not None and 8 <= s.early_stopping <= 10 and s.early_epoch < s.epochs
+    f = R.default_config("full")
+    assert f.source == "openkbp" and f.dims == 3 and f.organs == R.ORGANS_OPENKBP and f.n_train is None
+    fp = R.default_config("full", source="phantom")
+    assert fp.dims == 3 and fp.n_train == 160 and fp.shape == (64, 128, 128)
+    assert R.default_config("quick", epochs=3, early_epoch=2).epochs == 3
+    with pytest.raises(ValueError, match="not a profile"):
+        R.default_config("huge")
+    with pytest.raises(ValueError, match="unknown Config field"):
+        R.default_config("quick", epoch=3)
+    with pytest.raises(ValueError, match="arms"):
+        R.default_config("quick", arms=("Baseline", "hinge"))
+    with pytest.raises(ValueError, match="early_epoch"):
+        R.default_config("quick", epochs=5, early_epoch=6)
+    with pytest.raises(ValueError, match="n_test"):
+        R.default_config("quick", n_test=1)
+    with pytest.raises(ValueError, match="lr"):
+        R.default_config("quick", lr=0.0)
+
+
+def test_default_config_reads_the_profile(monkeypatch):
+    monkeypatch.setenv("RTLEARN_PROFILE", "study")
+    assert R.default_config() == R.default_config("study")
+    monkeypatch.delenv("RTLEARN_PROFILE")
+    assert R.default_config() == R.default_config("quick")
+
+
+def test_claims_name_existing_arms_and_metrics():
+    study_arms = R.default_config("study").arms
+    for c in R.CLAIMS:
+        assert c.a in study_arms and c.b in study_arms and c.direction == "higher"
+        assert c.metric in ("dsc", "dsc_early")
+    assert R.CLAIMS[0].paper == pytest.approx(0.013) and R.CLAIMS[1].paper == pytest.approx(0.021)
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return R.default_config("study", **R.TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_record(tiny_cfg):
+    return R.run(tiny_cfg, 0, progress=False)
+
+
+def test_run_record_is_valid_and_tabulates(tiny_cfg, tiny_record):
+    from rtlearn.study import from_runs, validate_record
+
+    rec = tiny_record
+    validate_record(rec)
+    assert set(rec["metrics"]) == set(tiny_cfg.arms) and len(rec["cases"]) == tiny_cfg.n_test
+    names = {"dsc", "recall", "precision", "hd95", "asd", "missed", "dsc_early"} | {
+        f"dsc_{o}" for o in tiny_cfg.organs}
+    for arm in tiny_cfg.arms:
+        assert set(rec["metrics"][arm]) == names
+        assert len(rec["history"][arm]) == tiny_cfg.epochs and "val_dsc" in rec["history"][arm][0]
+        assert rec["live"]["pred"][arm].shape == (tiny_cfg.n_test, 32, 32)
+    live = from_runs("region", "study", tiny_cfg, {0: rec})
+    md = R.tables(live)
+    assert "Baseline+ARS" in md and "p (Holm)" in md and "paper PDDCA" in md
+    assert md.count("\n| Baseline") >= 6
+    with pytest.raises(ValueError, match="unknown table"):
+        R.tables(live, "dvh")
+    with pytest.raises(ValueError, match="not in the study"):
+        R.tables(live, arms=["CE"])
+
+
+def test_early_snapshot_is_the_weights_after_early_epoch(tiny_cfg):
+    # the early snapshot of a 2-epoch run equals the final weights of a 1-epoch run without restoring the best
+    data = R.load_data(tiny_cfg)
+    cfg2 = R.default_config("study", **{**R.TINY, "arms": ("Baseline",)})
+    rec = R.run(cfg2, 1, data=data, progress=False)
+    one = R.run(R.default_config("study", **{**R.TINY, "arms": ("Baseline",), "epochs": 1}), 1, data=data,
+                progress=False)
+    np.testing.assert_array_equal(rec["live"]["pred_early"]["Baseline"], one["live"]["pred_early"]["Baseline"])
+    np.testing.assert_array_equal(one["live"]["pred_early"]["Baseline"], one["live"]["pred"]["Baseline"])
+    first = [{k: v for k, v in r["history"]["Baseline"][0].items() if k != "seconds"} for r in (rec, one)]
+    assert first[0] == first[1]
+    assert rec["metrics"]["Baseline"]["dsc_early"] == one["metrics"]["Baseline"]["dsc"]
+
+
+def _without_times(history):
+    return {arm: [{k: v for k, v in r.items() if k != "seconds"} for r in rs] for arm, rs in history.items()}
+
+
+def test_run_is_deterministic(tiny_cfg, tiny_record):
+    again = R.run(tiny_cfg, 0, progress=False)
+    assert again["cases"] == tiny_record["cases"]
+    np.testing.assert_equal(again["metrics"], tiny_record["metrics"])   # NaN == NaN here
+    assert _without_times(again["history"]) == _without_times(tiny_record["history"])
+    other = R.run(tiny_cfg, 1, progress=False)
+    assert [r["train_loss"] for r in other["history"]["Baseline"]] != \
+        [r["train_loss"] for r in tiny_record["history"]["Baseline"]]
+    with pytest.raises(ValueError, match="seed"):
+        R.run(tiny_cfg, -1)
+
+
+def test_merge_records(tiny_record):
+    keys = ("metrics", "history", "seconds")
+    part = {k: {"Baseline": tiny_record[k]["Baseline"]} for k in keys}
+    rest = {k: {a: v for a, v in tiny_record[k].items() if a != "Baseline"} for k in keys}
+    merged = R.merge_records({"cases": tiny_record["cases"], **part}, {"cases": tiny_record["cases"], **rest})
+    assert set(merged["metrics"]) == set(tiny_record["metrics"])
+    with pytest.raises(ValueError, match="more than one"):
+        R.merge_records(merged, merged)
 
 
 def test_openkbp_data_on_real_patients(shared_data):

@@ -311,3 +311,34 @@ def test_deterministic():
     a = adaptive_region_specific_loss(p, labels, 3)
     b = adaptive_region_specific_loss(p.clone(), labels.clone(), 3)
     assert a.item() == b.item()
+
+
+def test_sum_of_losses_is_the_weighted_sum_of_its_terms():
+    from rtlearn.losses.region import SumOfLosses, sum_of_losses
+
+    _, p, labels, _ = _case(3, spatial=(8, 8))
+    p = p.clone().requires_grad_(True)
+    a, b = dice_ce_loss(p, labels), region_specific_loss(p, labels, 4, region_reduction="mean")
+    loss = SumOfLosses(DiceCELoss(), RegionSpecificLoss(4, region_reduction="mean"), weights=(1.0, 2.5))
+    got = loss(p, labels)
+    assert got.item() == pytest.approx(a.item() + 2.5 * b.item(), abs=1e-12)
+    # gradient: the weighted sum of the terms' gradients
+    (ga,) = torch.autograd.grad(a, p, retain_graph=True)
+    (gb,) = torch.autograd.grad(b, p, retain_graph=True)
+    (gs,) = torch.autograd.grad(got, p)
+    assert torch.allclose(gs, ga + 2.5 * gb, atol=1e-12)
+    # default unit weights, plain functions as terms, the functional form, a readable repr
+    unit = SumOfLosses(dice_ce_loss, lambda q, t: region_specific_loss(q, t, 4, region_reduction="mean"))
+    assert unit(p, labels).item() == pytest.approx(a.item() + b.item(), abs=1e-12)
+    assert sum_of_losses(p, labels, [dice_loss]).item() == pytest.approx(dice_loss(p, labels).item(), abs=0)
+    assert "DiceCELoss" in repr(loss) and "RegionSpecificLoss" in repr(loss) and "2.5" in repr(loss)
+    with pytest.raises(ValueError, match="at least one"):
+        SumOfLosses()
+    with pytest.raises(ValueError, match="one weight per loss"):
+        SumOfLosses(DiceLoss(), weights=(1.0, 2.0))
+    with pytest.raises(ValueError, match="weight 0"):
+        SumOfLosses(DiceLoss(), weights=(float("nan"),))
+    with pytest.raises(ValueError, match="weight 0"):
+        SumOfLosses(DiceLoss(), weights=(-1.0,))
+    with pytest.raises(TypeError, match="callable"):
+        SumOfLosses(DiceLoss(), 3)
