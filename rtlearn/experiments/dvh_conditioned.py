@@ -3,45 +3,261 @@ r"""Experiment driver of the chapter "Dose prediction conditioned on a desired D
 The method is that of :cite:p:`ma2021pareto`; the tested pieces live in
 :mod:`rtlearn.pareto` (DVH vectors, the Eq. (4) projection, on-the-fly pairs,
 the Eq. (6) learning-rate decay) and
-:class:`rtlearn.models.conditional_unet.ConditionalUNet`. This module glues
-them to the phantom clinic so that the notebook stays short and the quick
-(2D, CPU) and full (3D, GPU) profiles run the same code:
+:class:`rtlearn.models.conditional_unet.ConditionalUNet`. This module is the
+chapter's one driver, with the shape every chapter module has:
 
-* :func:`make_cohort` plans ``n_plans`` Pareto-optimal prostate plans per
-  phantom patient (rectum against bladder), normalises them to the PTV mean
-  dose and computes their DVH vectors;
-* :func:`train_pareto_model` trains the conditional network or its
-  anatomy-only baseline on on-the-fly pairs;
-* :func:`evaluate_pairs` computes the paper's Table 1 quantities (mean and
-  maximum dose, true minus predicted, as % of the prescription) for desired
-  DVHs drawn as in the paper; :func:`summary_table` averages them;
-* :func:`tradeoff_dvh` blends a patient's Pareto DVH vectors along the front
-  (the interactive trade-off control of the chapter).
+* the paper's numbers (:data:`PAPER_TABLE1` and the training settings);
+* :class:`Config` and :func:`default_config` (the only place a profile is
+  read), :func:`load_data` (:func:`make_cohort` split into training,
+  validation and test patients) and :func:`run`, which trains the two arms of
+  :data:`ARMS` with :func:`rtlearn.train.fit` (the conditional network and the
+  same network without the DVH input) and evaluates them per test patient;
+* :data:`CLAIMS`, :func:`tables` and the figures (:func:`figures` for a
+  recorded study; ``plot_*`` for the live models);
+* :data:`TINY`, overrides that make one seed of the study config run in seconds.
+
+The evaluation follows the paper's Table 1: :func:`evaluate_pairs` draws
+desired DVHs, projects them onto each test patient's Pareto set and compares
+the mean and maximum dose of every structure, true minus predicted, in % of
+the prescription; :func:`summary_table` averages them and
+:func:`case_metrics` turns them into one value per test patient.
+:func:`tradeoff_dvh` blends a patient's Pareto DVH vectors along the front
+(the chapter's interactive trade-off control).
 """
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from .. import plotting
 from .._validate import check_int
+from ..config import check_profile, data_root, get_device
+from ..config import profile as active_profile
 from ..io import load_npz, save_npz
+from ..metrics.stats import Claim, format_comparison, judge, seed_summary
 from ..models.conditional_unet import ConditionalUNet
-from ..pareto import (DEFAULT_MAX_RELATIVE_DOSE, PAPER_N_BINS, ParetoPairs, check_dvh_vector, dvh_vector,
-                      inverse_time_lr, normalise_to_mean)
+from ..pareto import (DEFAULT_MAX_RELATIVE_DOSE, PAPER_N_BINS, ParetoPairs, check_dvh_vector, dvh_dose_points,
+                      dvh_vector, inverse_time_lr, normalise_to_mean, project_to_pareto)
 from ..phantom import DoseEngine, make_patient, pareto_sweep
-from ..tables import markdown_table
-from ..train import Trainer
+from ..tables import Markdown, markdown_table
+from ..train import fit, seeded
 
-__all__ = ["STRUCTURES", "ParetoCohort", "make_cohort", "train_pareto_model", "predict", "evaluate_pairs",
-           "summary_table", "format_table", "tradeoff_dvh"]
+__all__ = ["STRUCTURES", "ERROR_STRUCTURES", "PAPER_TABLE1", "PAPER_N_FIT", "PAPER_N_TEST", "PAPER_N_PLANS",
+           "PAPER_EPOCHS", "PAPER_LR", "PAPER_DECAY", "PAPER_DROPOUT", "PAPER_BATCH_SIZE", "ARMS", "METRICS",
+           "CLAIMS", "TINY", "Config", "default_config", "ParetoCohort", "ParetoData", "make_cohort", "load_data",
+           "build_model", "run", "predict", "evaluate_pairs", "case_metrics", "summary_table", "format_table",
+           "tradeoff_dvh", "tradeoff_front", "largest_errors", "tables", "figures", "plot_pareto_fronts",
+           "plot_projection", "plot_histories", "plot_errors", "plot_case_errors", "plot_tradeoffs",
+           "plot_anatomy_only_errors", "plot_tradeoff", "plot_front", "plot_slider_sweep"]
 
 #: structures of the anatomy channels and of the DVH vector, in the paper's order (phantom names)
 STRUCTURES = ("PTV", "Rectum", "Bladder", "body")
+#: structures whose mean- and maximum-dose errors are the per-patient metrics of :func:`run`
+ERROR_STRUCTURES = ("PTV", "Rectum", "Bladder")
+
+# ---- the paper's numbers (Ma et al. 2021) --------------------------------------------------------------------
+#: Table 1 of :cite:p:`ma2021pareto` (3D prostate, 77 training and validation / 20 test patients): true minus
+#: predicted dose in % of the prescription over the test samples,
+#: ``{structure: (mean-dose average, its sd, max-dose average, its sd)}``.
+PAPER_TABLE1 = {"PTV": (0.52, 0.23, 1.83, 1.09), "Rectum": (0.54, 4.83, 0.64, 1.46),
+                "Bladder": (1.63, 4.48, 0.02, 1.17), "body": (0.33, 0.73, 1.21, 1.90)}
+#: the paper's data: training and validation patients, test patients, Pareto plans per patient
+PAPER_N_FIT, PAPER_N_TEST, PAPER_N_PLANS = 77, 20, 10
+#: the paper's training: epochs, initial learning rate and decay of Eq. (6), dropout r_0 of Eq. (7), batch size
+PAPER_EPOCHS, PAPER_LR, PAPER_DECAY, PAPER_DROPOUT, PAPER_BATCH_SIZE = 300, 1e-3, 0.002, 0.2, 3
+
+# ---- arms, metrics, claims -----------------------------------------------------------------------------------
+#: the compared arms: name -> the ``conditional`` flag of :class:`~rtlearn.models.conditional_unet.ConditionalUNet`
+#: (the same network, loss, pairs and initial weights; the anatomy-only arm never sees the DVH vector)
+ARMS = {"conditional": True, "anatomy only": False}
+
+#: per-test-patient metrics of :func:`run` (% of the prescription; each patient averaged over its desired DVHs)
+METRICS = {
+    "mean_error": "absolute mean-dose error, averaged over PTV, rectum and bladder",
+    "max_error": "absolute max-dose error, averaged over PTV, rectum and bladder",
+    **{f"mean_error_{s.lower()}": f"absolute {s} mean-dose error" for s in ERROR_STRUCTURES},
+    **{f"max_error_{s.lower()}": f"absolute {s} max-dose error" for s in ERROR_STRUCTURES},
+    "body_mae": "mean absolute dose error over the body",
+}
+
+#: The paper's premise, stated before any number is seen: a network given the desired DVH predicts the chosen
+#: Pareto plan better than the same network given the anatomy alone (which can only learn the average plan).
+#: The paper reports no anatomy-only numbers; its own errors are in :data:`PAPER_TABLE1`.
+CLAIMS = (
+    Claim("mean_error", "anatomy only", "conditional", "lower",
+          "Conditioning on the desired DVH lowers the mean-dose error of PTV, rectum and bladder"),
+    Claim("max_error", "anatomy only", "conditional", "lower",
+          "Conditioning on the desired DVH lowers the maximum-dose error of PTV, rectum and bladder"),
+)
 
 
+# ---- configuration -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    r"""Every size of the chapter's experiment (see :func:`default_config` for the three profiles).
+
+    Data: ``n_train``, ``n_val`` and ``n_test`` prostate phantoms (patient
+    seeds from ``patient_seed`` on, in that order, so the test patients are
+    the same for every training seed), ``n_plans`` Pareto plans each planned
+    with ``max_iter`` optimiser iterations on a ``dims``-D grid ``shape`` of
+    ``spacing`` mm; DVH vectors of ``n_bins`` bins per structure up to
+    ``max_dose`` x the PTV mean. ``plan_on_device`` plans on the training
+    device, ``cache`` keeps the planned cohort in :func:`rtlearn.config.data_root`.
+
+    Model and training: :class:`~rtlearn.models.conditional_unet.ConditionalUNet`
+    with ``depth`` levels of ``width`` doubling to ``max_channels`` channels and
+    dropout :math:`r_0` = ``dropout`` (Eq. 7); ``loss`` is the loss class (a
+    ``torch.nn`` module called without arguments: ``nn.L1Loss`` or
+    ``nn.MSELoss``, the paper's Eq. 5); Adam with learning rate
+    ``lr`` / (1 + ``decay`` t), Eq. (6); ``epochs`` (the most; early stopping
+    after ``early_stopping`` epochs without a lower validation loss, ``None``:
+    never) of ``samples_per_epoch`` pairs (``None``: the paper's
+    :math:`K = 10M`) in batches of ``batch_size``; the best validation epoch is
+    restored. Evaluation: ``eval_samples`` desired DVHs per test patient,
+    drawn with ``eval_seed``. ``arms``: names in :data:`ARMS`.
+
+    Profiles (:func:`default_config`):
+
+    ``quick``
+        16/3/6 patients, 48 x 48 slices at 8.54 mm, width 16, depth 4, MAE,
+        lr 2e-3, dropout 0.1, 30 epochs of 160 pairs: a few minutes for both
+        arms on a CPU (a demonstration, no early stopping).
+    ``study``
+        64 training, 13 validation (the paper's 77 together) and 20 test
+        patients (the paper's 20), the quick grid, network and optimiser, at
+        most 100 epochs of :math:`K = 10M = 640` pairs, early stopping after 10
+        epochs without a lower validation loss. Cost, measured with a 3-epoch
+        run on one thread of this 2-core machine (shared with other jobs, load
+        about 9): one epoch of one arm takes 9 s of CPU time (24 s wall under
+        that load), evaluation about 1 s; so a seed costs at most
+        2 x 100 x 9 s = 30 min on one free thread, less when early stopping
+        ends a run. Planning the 97 patients (once per study, not per seed)
+        took 135 s wall. Seeds: at least 3 (a seed can exceed 10 min); the
+        chapter's command records 5, two processes side by side:
+        ``python -m rtlearn.study dvh_conditioned --profile study --seeds 0,2,4 --threads 1``
+        and ``--seeds 1,3``.
+    ``full``
+        the paper's data sizes in 3D (67/10/20 patients, 64 x 128 x 128 at
+        3 x 3.2 x 3.2 mm), depth 6, the squared error, lr 1e-3, dropout 0.2,
+        batches of 3 and 150 epochs (half the paper's 300), planned and
+        trained on a GPU.
+    """
+
+    n_train: int
+    n_val: int
+    n_test: int
+    n_plans: int
+    dims: int
+    shape: tuple
+    spacing: float | tuple
+    width: int
+    depth: int
+    dropout: float
+    loss: type
+    lr: float
+    epochs: int
+    batch_size: int
+    early_stopping: int | None
+    samples_per_epoch: int | None = None
+    decay: float = PAPER_DECAY
+    max_channels: int = 128
+    max_iter: int = 150
+    n_bins: int = PAPER_N_BINS
+    max_dose: float = DEFAULT_MAX_RELATIVE_DOSE
+    patient_seed: int = 0
+    eval_samples: int = 10
+    eval_seed: int = 123
+    plan_on_device: bool = False
+    cache: bool = False
+    arms: tuple = tuple(ARMS)
+
+    def __post_init__(self):
+        for name in ("n_train", "n_val", "n_test", "width", "depth", "epochs", "batch_size", "max_channels",
+                     "max_iter", "eval_samples"):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.n_plans, "n_plans", 2)
+        check_int(self.n_bins, "n_bins", 2)
+        check_int(self.patient_seed, "patient_seed", 0)
+        check_int(self.eval_seed, "eval_seed", 0)
+        for name in ("samples_per_epoch", "early_stopping"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, 1)
+        if self.dims not in (2, 3) or isinstance(self.dims, bool):
+            raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
+        shape = tuple(self.shape) if isinstance(self.shape, (tuple, list)) else None
+        if shape is None or len(shape) != self.dims or not all(isinstance(n, int) and n > 0 for n in shape):
+            raise ValueError(f"shape must be {self.dims} positive ints (dims={self.dims}), got {self.shape!r}")
+        object.__setattr__(self, "shape", shape)
+        f = 2 ** (self.depth - 1)
+        if any(n % f for n in shape):
+            raise ValueError(f"shape {shape} must be divisible by 2**(depth-1) = {f} for depth={self.depth}")
+        sp = np.atleast_1d(np.asarray(self.spacing, dtype=float)) if not isinstance(self.spacing, bool) else None
+        if sp is None or sp.size not in (1, self.dims) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+            raise ValueError(f"spacing must be a positive number or {self.dims} of them (mm), got {self.spacing!r}")
+        if isinstance(self.spacing, list):
+            object.__setattr__(self, "spacing", tuple(self.spacing))
+        for name, rng in (("dropout", "[0, 1)"), ("lr", "(0, inf)"), ("decay", "[0, inf)"), ("max_dose", "(0, inf)")):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
+            if not ok or (rng == "[0, 1)" and v >= 1) or (rng == "(0, inf)" and v <= 0):
+                raise ValueError(f"{name} must be a number in {rng}, got {v!r}")
+        if not (isinstance(self.loss, type) and issubclass(self.loss, nn.Module)):
+            raise ValueError(f"loss must be a torch.nn.Module class (e.g. torch.nn.L1Loss), got {self.loss!r}")
+        arms = tuple(self.arms) if isinstance(self.arms, (tuple, list)) else ()
+        if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
+            raise ValueError(f"arms must be distinct names from {tuple(ARMS)}, got {self.arms!r}")
+        object.__setattr__(self, "arms", arms)
+        for name in ("plan_on_device", "cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+#: one explicit set of sizes per profile (see :class:`Config`)
+_PROFILES = {
+    "quick": dict(n_train=16, n_val=3, n_test=6, n_plans=10, dims=2, shape=(48, 48), spacing=8.54, width=16,
+                  depth=4, dropout=0.1, loss=nn.L1Loss, lr=2e-3, epochs=30, batch_size=8, early_stopping=None),
+    "study": dict(n_train=64, n_val=13, n_test=20, n_plans=10, dims=2, shape=(48, 48), spacing=8.54, width=16,
+                  depth=4, dropout=0.1, loss=nn.L1Loss, lr=2e-3, epochs=100, batch_size=8, early_stopping=10),
+    "full": dict(n_train=67, n_val=10, n_test=20, n_plans=10, dims=3, shape=(64, 128, 128),
+                 spacing=(3.0, 3.2, 3.2), width=16, depth=6, dropout=PAPER_DROPOUT, loss=nn.MSELoss, lr=PAPER_LR,
+                 epochs=150, batch_size=PAPER_BATCH_SIZE, early_stopping=None, plan_on_device=True, cache=True),
+}
+
+#: overrides that make ``default_config("study", **TINY)`` run one seed in a few seconds
+TINY = dict(n_train=3, n_val=1, n_test=2, n_plans=3, shape=(32, 32), spacing=12.8, max_iter=20, n_bins=8, width=4,
+            depth=3, epochs=2, batch_size=2, samples_per_epoch=4, eval_samples=2, early_stopping=1)
+
+
+def default_config(profile: str | None = None, **overrides) -> Config:
+    """The chapter's :class:`Config` for ``profile`` (default: :func:`rtlearn.config.profile`), with ``overrides``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown profile, an unknown override name or an invalid value.
+    """
+    name = active_profile() if profile is None else check_profile(profile)
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown Config field(s) {unknown}; the fields are {sorted(known)}")
+    return Config(**{**_PROFILES[name], **overrides})
+
+
+def _check_config(cfg) -> Config:
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be a dvh_conditioned.Config (see default_config), got {type(cfg).__name__}")
+    return cfg
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
 @dataclass
 class ParetoCohort:
     """Pareto sets of a group of phantom prostate patients.
@@ -82,6 +298,10 @@ class ParetoCohort:
     @property
     def n_plans(self) -> int:
         return int(self.doses.shape[1])
+
+    @property
+    def dims(self) -> int:
+        return int(self.anatomy.dim() - 2)
 
     def masks(self, i: int) -> dict:
         """Boolean masks of patient ``i`` as a dict (NumPy)."""
@@ -175,57 +395,103 @@ def make_cohort(n_patients: int, n_plans: int = 10, *, dims: int = 2, shape=(64,
     return out
 
 
-def train_pareto_model(train: ParetoCohort, *, conditional: bool = True, val: ParetoCohort | None = None,
-                       epochs: int = 20, width: int = 8, depth: int = 4, max_channels: int = 128,
-                       dropout: float = 0.2, batch_size: int = 8, lr: float = 1e-3, decay: float = 0.002,
-                       loss: str = "mse", samples_per_epoch: int | None = None, seed: int = 0, device=None,
-                       progress: bool = True):
-    r"""Train :class:`~rtlearn.models.conditional_unet.ConditionalUNet` on on-the-fly pairs.
+@dataclass
+class ParetoData:
+    """The chapter's data (:func:`load_data`): training, validation and test cohorts of one planned cohort."""
 
-    Every epoch draws ``samples_per_epoch`` (default :math:`K = 10 M`) desired
-    DVHs by picking a random training patient and plan, projects each onto
-    the current patient's Pareto set (Eq. 4) and fits the selected plan's
-    dose: Eq. (5) of :cite:p:`ma2021pareto`,
-    :math:`\min_w \sum_{i,k} \lVert \phi_w(X_i, \mathcal{D}_i^k) - \mathcal{Y}_i^k\rVert^2`
-    (``loss="mse"``; ``"mae"`` uses the absolute error), with Adam and the
-    learning rate :math:`\mathrm{lr}_0/(1 + \mathrm{decay}\cdot t)` of Eq. (6)
-    and dropout growing with depth, Eq. (7). ``conditional=False`` trains the
-    same network without the DVH input on the same pairs: the anatomy-only
-    ("population average") baseline.
+    train: ParetoCohort
+    val: ParetoCohort
+    test: ParetoCohort
+
+    @property
+    def cases(self) -> list:
+        """Test-case ids: ``"prostate-<phantom seed>"``, the same for every training seed."""
+        return [f"prostate-{s}" for s in self.test.seeds]
+
+
+def load_data(cfg: Config, *, progress: bool = True) -> ParetoData:
+    """Plan the cohort of ``cfg`` and split it into training, validation and test patients (in that order).
+
+    The split depends on ``cfg`` alone (phantom seeds from ``cfg.patient_seed``), so
+    the test patients pair across training seeds.
+    """
+    cfg = _check_config(cfg)
+    n_fit = cfg.n_train + cfg.n_val
+    cohort = make_cohort(n_fit + cfg.n_test, cfg.n_plans, dims=cfg.dims, shape=cfg.shape, spacing=cfg.spacing,
+                         seed=cfg.patient_seed, n_bins=cfg.n_bins, max_dose=cfg.max_dose,
+                         device=get_device() if cfg.plan_on_device else None, max_iter=cfg.max_iter,
+                         cache_dir=data_root() if cfg.cache else None, progress=progress)
+    return ParetoData(cohort.subset(slice(0, cfg.n_train)), cohort.subset(slice(cfg.n_train, n_fit)),
+                      cohort.subset(slice(n_fit, len(cohort))))
+
+
+# ---- model, training, evaluation -----------------------------------------------------------------------------
+def build_model(cfg: Config, arm: str, dvh_length: int | None = None) -> ConditionalUNet:
+    """The network of ``arm`` (a name in :data:`ARMS`) for ``cfg``; build it inside :func:`rtlearn.train.seeded`.
+
+    ``dvh_length`` defaults to ``4 * cfg.n_bins`` (the four :data:`STRUCTURES`).
+    """
+    cfg = _check_config(cfg)
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; the arms are {tuple(ARMS)}")
+    dvh_length = len(STRUCTURES) * cfg.n_bins if dvh_length is None else check_int(dvh_length, "dvh_length", 1)
+    return ConditionalUNet(len(STRUCTURES), 1, dvh_length, dims=cfg.dims, depth=cfg.depth, width=cfg.width,
+                           max_channels=cfg.max_channels, dropout=cfg.dropout, conditional=ARMS[arm])
+
+
+def run(cfg: Config, seed: int, *, data: ParetoData | None = None, progress: bool = True) -> dict:
+    r"""Train every arm of ``cfg`` for one ``seed`` and evaluate it on the test patients: a run record.
+
+    Each arm is the same :func:`build_model` network, built in
+    :func:`rtlearn.train.seeded` (``seed``: the same initial weights for both
+    arms), trained by :func:`rtlearn.train.fit` with the loss object
+    ``cfg.loss()`` on on-the-fly pairs (:class:`rtlearn.pareto.ParetoPairs`,
+    Eq. 5 of :cite:p:`ma2021pareto`), Adam and the learning-rate decay of
+    Eq. (6), stepped every update; the validation pairs are fixed (drawn with
+    ``seed + 1``) and the best validation epoch is restored. The test pairs
+    (``cfg.eval_samples`` desired DVHs per test patient, drawn with
+    ``cfg.eval_seed``) are the same for every seed and arm.
 
     Returns
     -------
-    (model, history)
-        The model (best validation epoch restored when ``val`` is given) and
-        the :class:`rtlearn.train.History`.
+    dict
+        ``cases`` (test-patient ids), ``metrics`` ``{arm: {metric: [per
+        patient]}}`` (:data:`METRICS`, :func:`case_metrics`), ``history``
+        ``{arm: per-epoch records}``, ``seconds`` ``{arm: training and
+        evaluation}``, ``extras`` (``table1``: :func:`summary_table` per arm;
+        ``front``: :func:`tradeoff_front` of the first test patient) and
+        ``live`` (``models``, ``results`` of :func:`evaluate_pairs` per arm).
     """
-    if not isinstance(train, ParetoCohort):
-        raise TypeError(f"train must be a ParetoCohort (see make_cohort), got {type(train).__name__}")
-    if loss not in ("mse", "mae"):
-        raise ValueError(f"loss must be 'mse' or 'mae', got {loss!r}")
-    epochs = check_int(epochs, "epochs", 1)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    dims = train.anatomy.dim() - 2
-    torch.manual_seed(seed)
-    net = ConditionalUNet(len(train.structures), 1, train.dvhs.shape[-1], dims=dims, depth=depth, width=width,
-                          max_channels=max_channels, dropout=dropout, conditional=conditional)
-    if loss == "mse":
-        def loss_fn(pred, batch):
-            return torch.mean((pred - batch["target"]) ** 2)
-    else:
-        def loss_fn(pred, batch):
-            return torch.mean(torch.abs(pred - batch["target"]))
-    gen = torch.Generator().manual_seed(seed)
-    train_loader = torch.utils.data.DataLoader(train.pairs(samples_per_epoch), batch_size=batch_size,
-                                               shuffle=True, generator=gen)
-    val_loader = None
-    if val is not None:
-        val_loader = torch.utils.data.DataLoader(val.pairs(seed=seed + 1), batch_size=max(batch_size, 16))
-    trainer = Trainer(net, loss_fn, lr=lr, scheduler=inverse_time_lr(decay), scheduler_interval="step",
-                      input_keys=("input", "dvh"), device=device, progress=progress, seed=seed)
-    history = trainer.fit(train_loader, epochs=epochs, val_loader=val_loader)
-    net.eval()
-    return net.cpu(), history
+    cfg = _check_config(cfg)
+    seed = check_int(seed, "seed", 0)
+    data = load_data(cfg, progress=progress) if data is None else data
+    if not isinstance(data, ParetoData):
+        raise TypeError(f"data must be a ParetoData (see load_data), got {type(data).__name__}")
+    test = data.test
+    record = {"cases": data.cases, "metrics": {}, "history": {}, "seconds": {},
+              "extras": {"table1": {}, "front": {"case": data.cases[0], "x": None,
+                                                 "pareto": test.oar_mean_gy[0].tolist(), "predicted": {}}},
+              "live": {"models": {}, "results": {}}}
+    for arm in cfg.arms:
+        t0 = time.perf_counter()
+        with seeded(seed):
+            model = build_model(cfg, arm, data.train.dvhs.shape[-1])
+        result = fit(model, cfg.loss(), data.train.pairs(cfg.samples_per_epoch), val=data.val.pairs(seed=seed + 1),
+                     epochs=cfg.epochs, batch_size=cfg.batch_size, val_batch_size=max(cfg.batch_size, 16), seed=seed,
+                     lr=cfg.lr, scheduler=inverse_time_lr(cfg.decay), scheduler_interval="step",
+                     input_keys=("input", "dvh"), early_stopping=cfg.early_stopping, progress=progress)
+        model = result.model.eval().cpu()
+        res = evaluate_pairs(model, test, cfg.eval_samples, seed=cfg.eval_seed)
+        front = tradeoff_front(model, test, 0)
+        record["seconds"][arm] = time.perf_counter() - t0
+        record["metrics"][arm] = {k: v.tolist() for k, v in case_metrics(res, len(test)).items()}
+        record["history"][arm] = [dict(r) for r in result.history.records]
+        record["extras"]["table1"][arm] = {k: list(v) for k, v in summary_table(res).items()}
+        record["extras"]["front"]["x"] = front["x"]
+        record["extras"]["front"]["predicted"][arm] = front["predicted"]
+        record["live"]["models"][arm] = model
+        record["live"]["results"][arm] = res
+    return record
 
 
 @torch.no_grad()
@@ -313,6 +579,34 @@ def evaluate_pairs(model, cohort: ParetoCohort, samples_per_patient: int = 10, s
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
+def case_metrics(results: dict, n_patients: int, structures=STRUCTURES) -> dict:
+    r"""Per-patient metrics (:data:`METRICS`) from :func:`evaluate_pairs`: ``{name: array (n_patients,)}``.
+
+    For patient :math:`i` with desired DVHs :math:`k = 1..K_i`, e.g.
+    ``mean_error_rectum`` is :math:`\frac{1}{K_i}\sum_k |\Delta^{mean}_{rectum,k}|`
+    (% of :math:`R_x`); ``mean_error`` and ``max_error`` average the three
+    :data:`ERROR_STRUCTURES`; ``body_mae`` is the mean of the body's mean
+    absolute error. A patient without samples gets NaN.
+    """
+    n_patients = check_int(n_patients, "n_patients", 1)
+    patient = np.asarray(results["patient"])
+    cols = [list(structures).index(s) for s in ERROR_STRUCTURES]
+    out = {}
+    per = {}
+    for kind in ("mean", "max"):
+        err = np.abs(np.asarray(results[kind], dtype=np.float64)[:, cols])
+        per[kind] = np.stack([err[patient == i].mean(0) if np.any(patient == i) else np.full(len(cols), np.nan)
+                              for i in range(n_patients)])
+        out[f"{kind}_error"] = per[kind].mean(1)
+    for kind in ("mean", "max"):
+        for k, s in enumerate(ERROR_STRUCTURES):
+            out[f"{kind}_error_{s.lower()}"] = per[kind][:, k]
+    mae = np.asarray(results["mae"], dtype=np.float64)
+    out["body_mae"] = np.array([mae[patient == i].mean() if np.any(patient == i) else np.nan
+                                for i in range(n_patients)])
+    return {k: out[k] for k in METRICS}
+
+
 def summary_table(results: dict, structures=STRUCTURES) -> dict:
     """``{structure: (mean_avg, mean_sd, max_avg, max_sd)}`` from :func:`evaluate_pairs` (sample sd, ddof=1)."""
     table = {}
@@ -362,3 +656,400 @@ def tradeoff_dvh(pareto_dvhs, x: float):
     else:
         out = d[j].clone()
     return out.float()
+
+
+def tradeoff_front(model, cohort: ParetoCohort, patient: int = 0, n: int = 11) -> dict:
+    r"""Predicted rectum and bladder mean doses (Gy) along patient ``patient``'s front: the slider swept.
+
+    The desired DVH is :func:`tradeoff_dvh` at ``n`` equally spaced
+    :math:`x \in [0, 1]`; the predicted normalised dose is converted to Gy
+    with the patient's average PTV mean dose over its plans.
+
+    Returns
+    -------
+    dict
+        ``x`` (list of n), ``predicted`` (n x [rectum, bladder] Gy), ``pareto``
+        (the patient's plans, N x [rectum, bladder] Gy) and ``doses`` (the
+        predicted doses in Gy, ``(n, *spatial)`` ndarray).
+    """
+    patient = check_int(patient, "patient", 0)
+    n = check_int(n, "n", 2)
+    if patient >= len(cohort):
+        raise ValueError(f"patient must be below {len(cohort)}, got {patient}")
+    xs = np.linspace(0, 1, n)
+    des = torch.stack([tradeoff_dvh(cohort.dvhs[patient], float(x)) for x in xs])
+    pred = predict(model, cohort.anatomy[patient], des, n_bins=cohort.n_bins).numpy()
+    masks = cohort.masks(patient)
+    to_gy = cohort.ptv_mean_gy[patient].mean()
+    pr = [[float(p[masks[s]].mean() * to_gy) for s in ("Rectum", "Bladder")] for p in pred]
+    return {"x": xs.tolist(), "predicted": pr, "pareto": cohort.oar_mean_gy[patient].tolist(), "doses": pred * to_gy}
+
+
+# ---- tables --------------------------------------------------------------------------------------------------
+def largest_errors(table1: dict) -> dict:
+    """The structure with the largest average mean-dose and max-dose error of a :func:`summary_table`.
+
+    Returns ``{"mean": (structure, signed value), "max": (structure, signed value)}`` (% of Rx).
+    """
+    out = {}
+    for kind, col in (("mean", 0), ("max", 2)):
+        worst = max(table1, key=lambda n: abs(table1[n][col]))
+        out[kind] = (worst, float(table1[worst][col]))
+    return out
+
+
+def _table1_per_seed(study, arm) -> list:
+    extras = [study.extras(s) for s in study.seeds]
+    missing = [s for s, e in zip(study.seeds, extras) if arm not in e.get("table1", {})]
+    if missing:
+        raise ValueError(f"seeds {missing} have no Table 1 summary of arm {arm!r} in their extras")
+    return [{k: tuple(v) for k, v in e["table1"][arm].items()} for e in extras]
+
+
+def _over_seeds(values, digits: int, signed: bool = False) -> str:
+    s = seed_summary(np.asarray(values, dtype=float))
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    text = fmt.format(s["mean"])
+    return text if s["n"] < 2 else f"{text} ± {s['sd']:.{digits}f}"
+
+
+def tables(study, *, digits: int = 2) -> Markdown:
+    r"""The chapter's tables from a :class:`rtlearn.study.Study` (recorded, or live: :func:`rtlearn.study.from_runs`).
+
+    1. The paper's Table 1 and ours: true minus predicted mean and maximum dose
+       per structure (% of Rx), average ± sd over the test samples, each number
+       averaged over the seeds.
+    2. The headline numbers next to the paper's: the largest average mean-dose
+       and max-dose error and the spread (sd) of the rectum and bladder
+       mean-dose errors, mean ± sd over seeds.
+    3. The per-patient metrics (:data:`METRICS`): mean ± sd over seeds of the
+       mean over test patients.
+    4. :data:`CLAIMS` judged by :func:`rtlearn.metrics.stats.judge` (paired over
+       test patients, seed-averaged, one Holm correction):
+       :func:`rtlearn.metrics.stats.format_comparison`.
+    """
+    digits = check_int(digits, "digits", 0)
+    arms = study.arms
+    n = len(study.seeds)
+    over = f"each number averaged over {n} seeds" if n > 1 else "one seed"
+    per_seed = {arm: _table1_per_seed(study, arm) for arm in arms}
+    t1 = {arm: {s: tuple(float(np.mean([t[s][c] for t in per_seed[arm]])) for c in range(4))
+                for s in per_seed[arm][0]} for arm in arms}
+    paper_label = f"paper (3D, {PAPER_N_FIT}/{PAPER_N_TEST} patients)"
+    parts = [f"**Table 1: true − predicted dose (% of Rx), average ± sd over the test samples ({over}); "
+             f"the last columns are the paper's.**",
+             format_table({**t1, paper_label: PAPER_TABLE1}, digits)]
+
+    paper_worst = largest_errors(PAPER_TABLE1)
+    rows = []
+    for kind, label in (("mean", "largest average mean-dose error"), ("max", "largest average max-dose error")):
+        row = [label, f"{paper_worst[kind][1]:.{digits}f} ({paper_worst[kind][0]})"]
+        for arm in arms:
+            worst = [largest_errors(t)[kind] for t in per_seed[arm]]
+            names = Counter(w[0] for w in worst)
+            where = ", ".join(k if n == 1 else f"{k} {v}/{n}" for k, v in names.most_common())
+            row.append(f"{_over_seeds([w[1] for w in worst], digits, signed=True)} ({where})")
+        rows.append(row)
+    for s in ("Rectum", "Bladder"):
+        rows.append([f"sd of the {s.lower()} mean-dose error", f"{PAPER_TABLE1[s][1]:.{digits}f}"] +
+                    [_over_seeds([t[s][1] for t in per_seed[arm]], digits) for arm in arms])
+    parts += [f"**Headline numbers (% of Rx): the paper's and ours (mean ± sd over seeds).**",
+              markdown_table(["quantity", paper_label] + list(arms), rows)]
+
+    rows = [[f"{name}: {desc}"] + [_over_seeds(np.nanmean(study.metric(name, arm), axis=1), digits)
+                                   for arm in arms] for name, desc in METRICS.items()]
+    parts += [f"**Per test patient ({len(study.cases)} patients), averaged over its desired DVHs (% of Rx): mean "
+              f"over patients{', mean ± sd over seeds' if n > 1 else ''}.**",
+              markdown_table(["metric"] + list(arms), rows)]
+
+    present = [c for c in CLAIMS if c.a in arms and c.b in arms]
+    if present:
+        rows = [{**r, "a": f"{r['metric']}: {r['a']}"} for r in judge(study, present)]
+        parts += ["**The claims, paired over test patients (seed-averaged), Holm-adjusted together.**",
+                  format_comparison(rows, digits)]
+    return Markdown("\n\n".join(parts))
+
+
+# ---- figures -------------------------------------------------------------------------------------------------
+def _mid(cohort: ParetoCohort) -> tuple:
+    """Index of the slice shown: the middle axial slice in 3D, everything in 2D."""
+    return (cohort.doses.shape[2] // 2,) if cohort.dims == 3 else ()
+
+
+def _loss_label(study) -> str:
+    text = str(study.config.get("loss", ""))
+    return "MAE" if "L1Loss" in text else "MSE" if "MSELoss" in text else "loss"
+
+
+def plot_pareto_fronts(data: ParetoData, patient: int = 0):
+    """Every patient's Pareto front (rectum vs bladder mean dose); training patient ``patient``'s extreme plans."""
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 3, figsize=(12.5, 3.8))
+    for group, color in (((data.train, data.val), "C0"), ((data.test,), "C3")):
+        for cohort in group:
+            for i in range(len(cohort)):
+                r, b = cohort.oar_mean_gy[i, :, 0], cohort.oar_mean_gy[i, :, 1]
+                axs[0].plot(r, b, "-o", ms=2.5, lw=0.8, color=color, alpha=0.6)
+    axs[0].plot([], [], "-o", color="C0", label="training and validation patients")
+    axs[0].plot([], [], "-o", color="C3", label="test patients")
+    n_plans = data.train.n_plans
+    axs[0].set(xlabel="rectum mean dose (Gy)", ylabel="bladder mean dose (Gy)",
+               title=f"Pareto fronts ({n_plans} plans each)")
+    axs[0].legend()
+    tr, sl = data.train, _mid(data.train)
+    show = {k: v[sl] for k, v in tr.masks(patient).items() if k != "body"}
+    for ax, j, name in ((axs[1], 0, "bladder-sparing plan"), (axs[2], n_plans - 1, "rectum-sparing plan")):
+        dose_gy = tr.doses[patient, j][sl].numpy() * tr.ptv_mean_gy[patient, j]
+        plotting.dose_slice(ax, dose_gy, show, spacing=tr.spacing[-2:], vmax=1.1 * tr.prescription,
+                            title=f"patient {patient}, {name}")
+    return fig
+
+
+def plot_projection(cohort: ParetoCohort, patient: int, desired, selected: int):
+    """Rectum and bladder DVHs of a patient's Pareto plans, a desired DVH and its projection (plan ``selected``)."""
+    import matplotlib.pyplot as plt
+
+    nb = cohort.n_bins
+    pts = dvh_dose_points(nb, cohort.max_dose) * 100
+    desired = torch.as_tensor(desired)
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, name in zip(axs, ("Rectum", "Bladder")):
+        k = cohort.structures.index(name)
+        for j in range(cohort.n_plans):
+            ax.plot(pts, 100 * cohort.dvhs[patient, j, k * nb:(k + 1) * nb], color="0.75", lw=1,
+                    label="Pareto plans of the patient" if j == 0 else None)
+        ax.plot(pts, 100 * desired[k * nb:(k + 1) * nb], "k:", lw=2, label="desired (another patient)")
+        ax.plot(pts, 100 * cohort.dvhs[patient, selected, k * nb:(k + 1) * nb], "C3", lw=2,
+                label=f"projection: plan {selected}")
+        ax.set(xlabel="dose (% of PTV mean)", ylabel="volume (%)", title=name)
+    axs[0].legend()
+    return fig
+
+
+def plot_histories(study):
+    """Training and validation loss per epoch of every arm (every seed) of a study."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    several = len(study.seeds) > 1
+    for arm in study.arms:
+        for seed, records in zip(study.seeds, study.histories(arm)):
+            plotting.plot_history(records, ax=ax, label_prefix=f"{arm}{f' seed {seed}' if several else ''}: ")
+    ax.set(xlabel="epoch", ylabel=f"{_loss_label(study)} (normalised dose)")
+    if several:
+        ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def plot_errors(results: dict):
+    """Violin plots of true − predicted mean and max dose per structure (% of Rx), one colour per arm.
+
+    ``results`` maps an arm to its :func:`evaluate_pairs` output (every test sample).
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(STRUCTURES)
+    fig, axs = plt.subplots(1, 2, figsize=(12, 3.8))
+    width = 0.72 / max(len(results), 1)
+    offsets = (np.arange(len(results)) - (len(results) - 1) / 2) * width
+    for ax, key, title in ((axs[0], "mean", "(a) mean dose"), (axs[1], "max", "(b) maximum dose")):
+        for k, (off, (name, res)) in enumerate(zip(offsets, results.items())):
+            color = f"C{k}"
+            parts = ax.violinplot([res[key][:, i] for i in range(len(names))], positions=np.arange(len(names)) + off,
+                                  widths=0.9 * width, showmeans=True)
+            for b in parts["bodies"]:
+                b.set_facecolor(color)
+                b.set_alpha(0.5)
+            for part in ("cmeans", "cmins", "cmaxes", "cbars"):
+                parts[part].set_color(color)
+            ax.plot([], [], color=color, lw=6, alpha=0.5, label=name)
+        ax.axhline(0, color="k", lw=0.7)
+        ax.set_xticks(range(len(names)), names)
+        ax.set(ylabel="true - predicted (% of Rx)", title=f"{title} difference, test patients")
+    axs[0].legend()
+    return fig
+
+
+def plot_case_errors(study):
+    """Per test patient (seed-averaged) mean- and max-dose |error| per structure (% of Rx), one colour per arm."""
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2, figsize=(12, 3.8))
+    arms = study.arms
+    width = 0.72 / max(len(arms), 1)
+    offsets = (np.arange(len(arms)) - (len(arms) - 1) / 2) * width
+    rng = np.random.default_rng(0)
+    for ax, kind, title in ((axs[0], "mean", "mean dose"), (axs[1], "max", "maximum dose")):
+        for k, (off, arm) in enumerate(zip(offsets, arms)):
+            for i, s in enumerate(ERROR_STRUCTURES):
+                v = np.nanmean(study.metric(f"{kind}_error_{s.lower()}", arm), axis=0)
+                x = i + off + rng.uniform(-0.25, 0.25, v.size) * width
+                ax.plot(x, v, "o", ms=3.5, color=f"C{k}", alpha=0.7, label=arm if i == 0 else None)
+                ax.plot([i + off - 0.4 * width, i + off + 0.4 * width], [np.median(v)] * 2, color=f"C{k}", lw=2)
+        ax.set_xticks(range(len(ERROR_STRUCTURES)), ERROR_STRUCTURES)
+        ax.set(ylabel="|true - predicted| (% of Rx)", ylim=(0, None),
+               title=f"{title}: one point per test patient, bar = median")
+    axs[0].legend()
+    return fig
+
+
+def plot_tradeoffs(model, cohort: ParetoCohort, patient: int = 0, source: int = 1, plans=None):
+    """One patient, several trade-offs (the paper's Fig. 5): a row per desired DVH from patient ``source``'s ``plans``.
+
+    Columns: contours, the true (projected) plan, the prediction, their
+    difference and the DVHs (true solid, predicted dashed, desired dotted);
+    doses in % of the prescription. ``plans`` defaults to the source's most
+    bladder-sparing, middle and most rectum-sparing plans.
+    """
+    import matplotlib.pyplot as plt
+
+    plans = [0, cohort.n_plans // 2, cohort.n_plans - 1] if plans is None else list(plans)
+    nb, rx, sl = cohort.n_bins, cohort.prescription, _mid(cohort)
+    spacing = cohort.spacing[-2:]
+    full = cohort.masks(patient)
+    m = {k: v[sl] for k, v in full.items()}
+    colors = plotting.structure_colors(list(STRUCTURES))
+    x = dvh_dose_points(nb, cohort.max_dose) * 100
+    fig, axs = plt.subplots(len(plans), 5, figsize=(17, 3.3 * len(plans)), squeeze=False)
+    for r, q in enumerate(plans):
+        desired = cohort.dvhs[source, q]
+        j, _ = project_to_pareto(desired, cohort.dvhs[patient])
+        to_rx = 100 * cohort.ptv_mean_gy[patient, j] / rx
+        true = cohort.doses[patient, j].numpy() * to_rx
+        pred = predict(model, cohort.anatomy[patient], desired, n_bins=nb).numpy() * to_rx
+        ax = axs[r, 0]
+        yy = (np.arange(true[sl].shape[0]) + 0.5) * spacing[0]
+        xx = (np.arange(true[sl].shape[1]) + 0.5) * spacing[1]
+        for n, mk in m.items():
+            ax.contour(xx, yy, mk.astype(float), levels=[0.5], colors=[colors[n]], linewidths=1.3)
+            ax.plot([], [], color=colors[n], label=n)
+        ax.set(xlim=(0, xx[-1] + xx[0]), ylim=(yy[-1] + yy[0], 0), aspect="equal", xlabel="x (mm)", ylabel="y (mm)",
+               title=f"contours; desired: patient {source} plan {q}")
+        ax.legend(fontsize=7, loc="lower right")
+        plotting.dose_slice(axs[r, 1], true[sl], {}, spacing=spacing, vmax=110, unit="% Rx", title=f"true (plan {j})")
+        plotting.dose_slice(axs[r, 2], pred[sl], {}, spacing=spacing, vmax=110, unit="% Rx", title="predicted")
+        _difference(axs[r, 3], (true - pred)[sl], spacing, "true - predicted (% Rx)", "difference")
+        ax = axs[r, 4]
+        v_true = dvh_vector(true / 100, full, nb, cohort.max_dose)
+        v_pred = dvh_vector(np.clip(pred, 0, None) / 100, full, nb, cohort.max_dose)
+        for k, n in enumerate(STRUCTURES):
+            c = colors[n]
+            ax.plot(x, 100 * v_true[k * nb:(k + 1) * nb], color=c, lw=1.5, label=n)
+            ax.plot(x, 100 * v_pred[k * nb:(k + 1) * nb], color=c, lw=1.5, ls="--")
+            ax.plot(x, 100 * desired[k * nb:(k + 1) * nb], color=c, lw=1.2, ls=":")
+        ax.set(xlabel="dose (% Rx)", ylabel="volume (%)", title="DVH: true - / predicted -- / desired ..")
+        if r == 0:
+            ax.legend(fontsize=7)
+    return fig
+
+
+def _difference(ax, diff, spacing, label, title):
+    """A signed difference map (blue-red, symmetric limits) with its colour bar."""
+    lim = max(float(np.abs(diff).max()), 1e-6)
+    im = ax.imshow(diff, cmap="RdBu_r", vmin=-lim, vmax=lim,
+                   extent=(0, diff.shape[1] * spacing[1], diff.shape[0] * spacing[0], 0))
+    ax.figure.colorbar(im, ax=ax, label=label, fraction=0.046, pad=0.04)
+    ax.set(title=title, xlabel="x (mm)", ylabel="y (mm)")
+    ax.grid(False)
+
+
+def plot_anatomy_only_errors(model, cohort: ParetoCohort, patient: int = 0, source: int = 1, plans=None):
+    """The anatomy-only network's one dose against the true plans of the trade-offs of :func:`plot_tradeoffs`."""
+    import matplotlib.pyplot as plt
+
+    plans = [0, cohort.n_plans // 2, cohort.n_plans - 1] if plans is None else list(plans)
+    sl, spacing = _mid(cohort), cohort.spacing[-2:]
+    base = predict(model, cohort.anatomy[patient], cohort.dvhs[source, plans[0]], n_bins=cohort.n_bins).numpy()
+    fig, axs = plt.subplots(1, len(plans), figsize=(4.4 * len(plans), 3.4), squeeze=False)
+    for ax, q in zip(axs[0], plans):
+        j, _ = project_to_pareto(cohort.dvhs[source, q], cohort.dvhs[patient])
+        to_rx = 100 * cohort.ptv_mean_gy[patient, j] / cohort.prescription
+        diff = (cohort.doses[patient, j].numpy() - base)[sl] * to_rx
+        _difference(ax, diff, spacing, "true - anatomy only (% Rx)", f"anatomy only vs plan {j}")
+    return fig
+
+
+def plot_tradeoff(model, cohort: ParetoCohort, x: float = 0.5, patient: int = 0):
+    """The trade-off slider's figure: the dose predicted for :func:`tradeoff_dvh` at ``x`` and its DVHs.
+
+    Returns ``(fig, {"plan": nearest Pareto plan, "distance": its l1 distance})``.
+    """
+    import matplotlib.pyplot as plt
+
+    nb, sl = cohort.n_bins, _mid(cohort)
+    desired = tradeoff_dvh(cohort.dvhs[patient], x)
+    j, dist = project_to_pareto(desired, cohort.dvhs[patient])
+    to_rx = 100 * cohort.ptv_mean_gy[patient].mean() / cohort.prescription
+    pred = predict(model, cohort.anatomy[patient], desired, n_bins=nb).numpy() * to_rx
+    full = cohort.masks(patient)
+    colors = plotting.structure_colors(list(STRUCTURES))
+    fig, axs = plt.subplots(1, 2, figsize=(11, 3.8))
+    plotting.dose_slice(axs[0], pred[sl], {k: v[sl] for k, v in full.items() if k != "body"},
+                        spacing=cohort.spacing[-2:], vmax=110, unit="% Rx",
+                        title=f"predicted dose, trade-off x = {x:.2f}")
+    v_pred = dvh_vector(np.clip(pred, 0, None) / 100, full, nb, cohort.max_dose)
+    xs = dvh_dose_points(nb, cohort.max_dose) * 100
+    for k, n in enumerate(STRUCTURES):
+        c = colors[n]
+        axs[1].plot(xs, 100 * cohort.dvhs[patient, j, k * nb:(k + 1) * nb], color=c, lw=1.2, label=n)
+        axs[1].plot(xs, 100 * v_pred[k * nb:(k + 1) * nb], color=c, lw=1.5, ls="--")
+        axs[1].plot(xs, 100 * desired[k * nb:(k + 1) * nb], color=c, lw=1.5, ls=":")
+    axs[1].set(xlabel="dose (% Rx)", ylabel="volume (%)", title=f"desired ..  predicted --  nearest Pareto plan {j} -")
+    axs[1].legend(fontsize=7)
+    return fig, {"plan": int(j), "distance": float(dist)}
+
+
+def plot_front(front: dict, ax=None):
+    """The slider swept (:func:`tradeoff_front`, or a recorded study's ``extras["front"]``) over the true front.
+
+    ``front["predicted"]`` is one list of [rectum, bladder] (Gy) or ``{arm: list}``.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 3.6))
+    pareto = np.asarray(front["pareto"], dtype=float)
+    ax.plot(pareto[:, 0], pareto[:, 1], "-o", color="0.6", label="Pareto plans (truth)")
+    predicted = front["predicted"] if isinstance(front["predicted"], dict) else {"predicted": front["predicted"]}
+    for k, (name, pr) in enumerate(predicted.items()):
+        pr = np.asarray(pr, dtype=float)
+        ax.plot(pr[:, 0], pr[:, 1], "-s", color=f"C{k}", ms=4, label=f"{name}, x = 0 ... 1")
+    ax.set(xlabel="rectum mean dose (Gy)", ylabel="bladder mean dose (Gy)",
+           title=f"slider sweep, test {front.get('case', 'patient')}")
+    ax.legend()
+    return ax
+
+
+def plot_slider_sweep(model, cohort: ParetoCohort, patient: int = 0, case: str | None = None):
+    """The slider swept from 0 to 1: predicted rectum vs bladder mean dose over the front; doses at x = 0, 0.5, 1."""
+    import matplotlib.pyplot as plt
+
+    front = tradeoff_front(model, cohort, patient, n=11)
+    front["case"] = case or f"patient {patient}"
+    sl, full = _mid(cohort), cohort.masks(patient)
+    fig, axs = plt.subplots(1, 4, figsize=(17, 3.6))
+    plot_front(front, axs[0])
+    for ax, x in zip(axs[1:], (0.0, 0.5, 1.0)):
+        k = int(round(x * 10))
+        plotting.dose_slice(ax, front["doses"][k][sl], {n: v[sl] for n, v in full.items() if n != "body"},
+                            spacing=cohort.spacing[-2:], vmax=1.1 * cohort.prescription, title=f"x = {x:.1f}")
+    return fig
+
+
+def figures(study) -> dict:
+    """The recorded study's figures: ``{"histories", "case_errors", "front"}`` (Matplotlib figures).
+
+    ``front`` draws seed ``study.seeds[0]``'s slider sweep of the first test
+    patient for every arm (:func:`plot_front`).
+    """
+    import matplotlib.pyplot as plt
+
+    out = {"histories": plot_histories(study), "case_errors": plot_case_errors(study)}
+    front = study.extras(study.seeds[0]).get("front")
+    if front and front.get("x") is not None:
+        fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        plot_front(front, ax)
+        ax.set_title(f"{ax.get_title()} (seed {study.seeds[0]})")
+        out["front"] = fig
+    return out

@@ -1,10 +1,19 @@
-"""rtlearn.experiments.dvh_conditioned: cohort of Pareto sets, training driver, Table 1 evaluation, trade-off DVHs."""
+"""rtlearn.experiments.dvh_conditioned: config, cohort of Pareto sets, run records, Table 1 evaluation, tables."""
+import dataclasses
+
+import matplotlib
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from rtlearn import study
 from rtlearn.experiments import dvh_conditioned as ex
-from rtlearn.pareto import check_dvh_vector, dvh_vector, project_to_pareto
+from rtlearn.metrics.stats import judge
+from rtlearn.pareto import check_dvh_vector, dvh_vector, inverse_time_lr, project_to_pareto
+from rtlearn.train import fit, seeded
+
+matplotlib.use("Agg")
 
 SHAPE, SPACING = (32, 32), 12.8
 
@@ -14,6 +23,15 @@ def cohort():
     torch.set_num_threads(1)
     return ex.make_cohort(3, n_plans=4, shape=SHAPE, spacing=SPACING, seed=0, n_bins=8, max_iter=40,
                           progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The study config shrunk by TINY, its data and one run record (seed 0)."""
+    torch.set_num_threads(1)
+    cfg = ex.default_config("study", **ex.TINY)
+    data = ex.load_data(cfg, progress=False)
+    return cfg, data, ex.run(cfg, 0, data=data, progress=False)
 
 
 class Oracle(torch.nn.Module):
@@ -30,6 +48,60 @@ class Oracle(torch.nn.Module):
         return (self.doses[j] - self.offset + 0 * self.w)[:, None]
 
 
+# ---- config ----------------------------------------------------------------------------------------------------
+def test_quick_profile_keeps_todays_sizes():
+    cfg = ex.default_config("quick")
+    assert (cfg.n_train, cfg.n_val, cfg.n_test, cfg.n_plans) == (16, 3, 6, 10)
+    assert (cfg.dims, cfg.shape, cfg.spacing, cfg.max_iter) == (2, (48, 48), 8.54, 150)
+    assert (cfg.n_bins, cfg.max_dose) == (32, 1.2)
+    assert (cfg.width, cfg.depth, cfg.max_channels, cfg.dropout) == (16, 4, 128, 0.1)
+    assert (cfg.lr, cfg.decay, cfg.epochs, cfg.batch_size, cfg.samples_per_epoch) == (2e-3, 0.002, 30, 8, None)
+    assert cfg.loss is nn.L1Loss and cfg.early_stopping is None
+    assert (cfg.eval_samples, cfg.eval_seed, cfg.patient_seed) == (10, 123, 0)
+    assert cfg.arms == ("conditional", "anatomy only") and not cfg.plan_on_device and not cfg.cache
+    assert ex.default_config("quick") == cfg
+
+
+def test_study_and_full_profiles():
+    q, s, f = (ex.default_config(p) for p in ("quick", "study", "full"))
+    assert 48 <= s.n_train <= 64 and s.n_train > q.n_train and s.n_test > q.n_test and s.n_val > q.n_val
+    assert s.early_stopping is not None and s.epochs > q.epochs and s.dims == 2
+    assert s.n_train + s.n_val == ex.PAPER_N_FIT and s.n_test == ex.PAPER_N_TEST
+    assert (f.dims, f.n_train + f.n_val, f.n_test, f.loss, f.dropout, f.lr) == (3, 77, 20, nn.MSELoss, 0.2, 1e-3)
+    assert f.plan_on_device and f.cache
+    json_cfg = study.config_to_json(s)                           # the loss class is stored by name, deterministically
+    assert json_cfg == study.config_to_json(ex.default_config("study")) and "L1Loss" in json_cfg["loss"]
+
+
+def test_default_config_reads_the_profile_and_rejects_bad_input(monkeypatch):
+    monkeypatch.setenv("RTLEARN_PROFILE", "study")
+    assert ex.default_config() == ex.default_config("study")
+    monkeypatch.delenv("RTLEARN_PROFILE")
+    assert ex.default_config() == ex.default_config("quick")
+    assert ex.default_config("quick", epochs=2).epochs == 2
+    with pytest.raises(ValueError, match="not a profile"):
+        ex.default_config("huge")
+    with pytest.raises(ValueError, match="unknown Config field"):
+        ex.default_config("quick", n_epochs=3)
+    for bad, match in ((dict(dropout=1.0), "dropout"), (dict(lr=0.0), "lr"), (dict(arms=("conditional", "x")), "arms"),
+                       (dict(loss="mae"), "loss"), (dict(shape=(50, 48)), "divisible"), (dict(shape=(48,)), "shape"),
+                       (dict(n_test=0), "n_test"), (dict(n_plans=1), "n_plans"), (dict(early_stopping=0), "early"),
+                       (dict(dims=4), "dims"), (dict(spacing=-1.0), "spacing"), (dict(cache="yes"), "cache")):
+        with pytest.raises(ValueError, match=match):
+            ex.default_config("quick", **bad)
+    with pytest.raises(TypeError, match="Config"):
+        ex.load_data({"n_train": 3})
+    with pytest.raises(ValueError, match="unknown arm"):
+        ex.build_model(ex.default_config("quick"), "baseline")
+
+
+def test_claims_reference_arms_and_metrics():
+    assert ex.CLAIMS and all(c.a in ex.ARMS and c.b in ex.ARMS and c.metric in ex.METRICS for c in ex.CLAIMS)
+    assert {c.metric for c in ex.CLAIMS} == {"mean_error", "max_error"}
+    assert all(c.b == "conditional" and c.direction == "lower" for c in ex.CLAIMS)
+
+
+# ---- cohort ----------------------------------------------------------------------------------------------------
 def test_cohort_shapes_normalisation_and_dvhs(cohort):
     assert len(cohort) == 3 and cohort.n_plans == 4
     assert cohort.anatomy.shape == (3, 4, *SHAPE) and cohort.doses.shape == (3, 4, *SHAPE)
@@ -81,6 +153,15 @@ def test_pairs_reject_patient_with_too_few_plans(cohort):
         cohort.pairs(n_plans=5)
 
 
+def test_load_data_splits_in_order(tiny):
+    cfg, data, _ = tiny
+    assert (len(data.train), len(data.val), len(data.test)) == (cfg.n_train, cfg.n_val, cfg.n_test)
+    seeds = data.train.seeds + data.val.seeds + data.test.seeds
+    assert seeds == sorted(seeds) and len(set(seeds)) == len(seeds)
+    assert data.cases == [f"prostate-{s}" for s in data.test.seeds]
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------------
 def test_evaluate_pairs_oracle_and_offset(cohort):
     one = cohort.subset([0])
     res = ex.evaluate_pairs(Oracle(one.doses[0], one.dvhs[0]), one, samples_per_patient=6, seed=1)
@@ -93,6 +174,9 @@ def test_evaluate_pairs_oracle_and_offset(cohort):
     np.testing.assert_allclose(res["mean"], np.repeat(expect[:, None], 4, 1), rtol=1e-4)
     np.testing.assert_allclose(res["max"], np.repeat(expect[:, None], 4, 1), rtol=1e-4)
     np.testing.assert_allclose(res["mae"], expect, rtol=1e-4)
+    per = ex.case_metrics(res, 1)
+    for name in ex.METRICS:                           # every per-patient metric is the 1 % x PTV-mean offset
+        assert per[name] == pytest.approx([expect.mean()], rel=1e-4)
 
 
 def test_evaluate_pairs_matches_brute_force(cohort):
@@ -115,6 +199,20 @@ def test_evaluate_pairs_matches_brute_force(cohort):
             assert res["max"][t, k] == pytest.approx((true[m].max() - pred[m].max()) * s, abs=1e-4)
 
 
+def test_case_metrics_by_hand():
+    rng = np.random.default_rng(1)
+    res = {"mean": rng.normal(size=(7, 4)), "max": rng.normal(size=(7, 4)), "mae": rng.random(7),
+           "patient": np.array([0, 1, 2, 0, 1, 2, 0])}
+    per = ex.case_metrics(res, 4)                                  # patient 3 has no sample -> NaN
+    assert list(per) == list(ex.METRICS) and all(v.shape == (4,) for v in per.values())
+    rows = res["patient"] == 0
+    assert per["mean_error_rectum"][0] == pytest.approx(np.abs(res["mean"][rows, 1]).mean())
+    assert per["max_error_ptv"][0] == pytest.approx(np.abs(res["max"][rows, 0]).mean())
+    assert per["mean_error"][2] == pytest.approx(np.abs(res["mean"][res["patient"] == 2, :3]).mean())
+    assert per["body_mae"][1] == pytest.approx(res["mae"][res["patient"] == 1].mean())
+    assert all(np.isnan(v[3]) for v in per.values())
+
+
 def test_summary_and_format_table():
     rng = np.random.default_rng(0)
     res = {"mean": rng.normal(size=(7, 4)), "max": rng.normal(size=(7, 4))}
@@ -125,6 +223,8 @@ def test_summary_and_format_table():
     assert c == pytest.approx(np.mean(res["max"][:, 1])) and d == pytest.approx(np.std(res["max"][:, 1], ddof=1))
     text = ex.format_table({"ours": tab}, digits=1)
     assert text.count("\n") == 5 and f"{a:.1f} ± {b:.1f}" in text
+    worst = ex.largest_errors(ex.PAPER_TABLE1)
+    assert worst == {"mean": ("Bladder", 1.63), "max": ("PTV", 1.83)}
 
 
 def test_tradeoff_dvh_blends_along_the_front():
@@ -141,30 +241,70 @@ def test_tradeoff_dvh_blends_along_the_front():
         ex.tradeoff_dvh(d[0], 0.5)
 
 
-def test_train_is_deterministic_and_conditioned(cohort):
-    kw = dict(epochs=3, width=8, depth=3, batch_size=4, samples_per_epoch=8, seed=3, progress=False, device="cpu",
-              lr=3e-3, dropout=0.0)
-    net1, h1 = ex.train_pareto_model(cohort, **kw)
-    net2, h2 = ex.train_pareto_model(cohort, **kw)
-    assert h1["train_loss"] == h2["train_loss"] and len(h1) == 3
-    for p, q in zip(net1.parameters(), net2.parameters()):
+# ---- training and the run record -------------------------------------------------------------------------------
+def test_run_record_is_valid_and_conditioned(tiny):
+    cfg, data, rec = tiny
+    study.validate_record(rec)
+    assert rec["cases"] == data.cases and list(rec["metrics"]) == list(cfg.arms) == list(ex.ARMS)
+    for arm in cfg.arms:
+        assert list(rec["metrics"][arm]) == list(ex.METRICS)
+        assert all(len(v) == cfg.n_test and np.all(np.isfinite(v)) for v in rec["metrics"][arm].values())
+        assert 1 <= len(rec["history"][arm]) <= cfg.epochs and "val_loss" in rec["history"][arm][0]
+        assert list(rec["extras"]["table1"][arm]) == list(ex.STRUCTURES)
+        assert len(rec["extras"]["front"]["predicted"][arm]) == len(rec["extras"]["front"]["x"]) == 11
+    models = rec["live"]["models"]
+    a, v = data.test.anatomy[0], data.test.dvhs[0]
+    y0 = ex.predict(models["conditional"], a, v[0], n_bins=cfg.n_bins)
+    assert y0.shape == tuple(cfg.shape) and y0.max() > 0
+    assert not torch.allclose(y0, ex.predict(models["conditional"], a, v[-1], n_bins=cfg.n_bins), rtol=0, atol=1e-7)
+    torch.testing.assert_close(ex.predict(models["anatomy only"], a, v[0], n_bins=cfg.n_bins),
+                               ex.predict(models["anatomy only"], a, v[-1], n_bins=cfg.n_bins))  # ignores the DVH
+
+
+def _without_times(rec):
+    return {"metrics": rec["metrics"], "extras": rec["extras"], "cases": rec["cases"],
+            "history": {a: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+                        for a, h in rec["history"].items()}}
+
+
+def test_run_is_deterministic_per_seed(tiny):
+    cfg, data, rec = tiny
+    again = ex.run(cfg, 0, data=data, progress=False)
+    assert _without_times(again) == _without_times(rec)
+    other = ex.run(cfg, 1, data=data, progress=False)
+    assert other["cases"] == rec["cases"]                              # the test patients pair across seeds
+    for arm in cfg.arms:
+        assert [r["train_loss"] for r in other["history"][arm]] != [r["train_loss"] for r in rec["history"][arm]]
+
+
+def test_run_is_model_plus_loss_plus_fit(tiny):
+    """``run`` composes build_model (in ``seeded``), the loss object and ``fit``: the same by hand gives the same."""
+    cfg, data, rec = tiny
+    with seeded(0):
+        model = ex.build_model(cfg, "conditional")
+    result = fit(model, cfg.loss(), data.train.pairs(cfg.samples_per_epoch), val=data.val.pairs(seed=1),
+                 epochs=cfg.epochs, batch_size=cfg.batch_size, val_batch_size=16, seed=0, lr=cfg.lr,
+                 scheduler=inverse_time_lr(cfg.decay), scheduler_interval="step", input_keys=("input", "dvh"),
+                 early_stopping=cfg.early_stopping, progress=False)
+    assert [r["train_loss"] for r in result.history.records] == [r["train_loss"] for r in rec["history"]["conditional"]]
+    for p, q in zip(result.model.cpu().parameters(), rec["live"]["models"]["conditional"].parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
-    a = cohort.anatomy[0]
-    y0, y1 = ex.predict(net1, a, cohort.dvhs[0, 0], n_bins=8), ex.predict(net1, a, cohort.dvhs[0, -1], n_bins=8)
-    assert y0.shape == SHAPE and y0.max() > 0
-    assert not torch.allclose(y0, y1, rtol=0, atol=1e-6)              # the DVH input changes the dose
-    base, _ = ex.train_pareto_model(cohort, conditional=False, **kw)
-    torch.testing.assert_close(ex.predict(base, a, cohort.dvhs[0, 0], n_bins=8),
-                               ex.predict(base, a, cohort.dvhs[0, -1], n_bins=8))   # the baseline ignores it
-    with pytest.raises(TypeError, match="ParetoCohort"):
-        ex.train_pareto_model({"x": 1})
-    with pytest.raises(ValueError, match="loss"):
-        ex.train_pareto_model(cohort, loss="huber")
+
+
+def test_run_rejects_bad_input(tiny):
+    cfg, data, _ = tiny
+    with pytest.raises(TypeError, match="Config"):
+        ex.run(dataclasses.asdict(cfg), 0, data=data)
+    with pytest.raises(ValueError, match="seed"):
+        ex.run(cfg, -1, data=data)
+    with pytest.raises(TypeError, match="ParetoData"):
+        ex.run(cfg, 0, data=data.test)
 
 
 def test_predict_rejects_bad_dvh(cohort):
-    net, _ = ex.train_pareto_model(cohort, epochs=1, width=4, depth=3, samples_per_epoch=4, progress=False,
-                                   device="cpu")
+    cfg = ex.default_config("study", **ex.TINY)
+    with seeded(0):
+        net = ex.build_model(cfg, "conditional")
     a, v = cohort.anatomy[0], cohort.dvhs[0, 0].clone()
     with pytest.raises(ValueError, match="length"):
         ex.predict(net, a, v[:-1], n_bins=8)
@@ -177,13 +317,44 @@ def test_predict_rejects_bad_dvh(cohort):
         ex.predict(net, a, v * 1.5, n_bins=8)
 
 
+# ---- tables, figures, the recorded study ----------------------------------------------------------------------
+def test_tables_figures_and_recorded_study(tiny, tmp_path):
+    import matplotlib.pyplot as plt
+
+    cfg, data, rec = tiny
+    live = study.from_runs("dvh_conditioned", "study", cfg, {0: rec})
+    text = ex.tables(live)
+    assert "1.63 (Bladder)" in text and "1.83 (PTV)" in text and "0.54 ± 4.83" in text      # the paper's numbers
+    table1 = {a: {k: tuple(v) for k, v in t.items()} for a, t in rec["extras"]["table1"].items()}
+    assert ex.format_table({**table1, "paper (3D, 77/20 patients)": ex.PAPER_TABLE1}) in text
+    assert text.count("| mean_error: anatomy only → conditional |") == 1 and str(text) == repr(text)
+    assert [r["verdict"] for r in judge(live, ex.CLAIMS)] == ["unresolved"] * 2            # 2 test patients: no power
+    # record the tiny study (the loss class must survive the JSON config) and read it back
+    study.run_study("dvh_conditioned", "study", [0, 1], config=cfg, root=tmp_path, progress=False)
+    recorded = study.load_study("dvh_conditioned", "study", root=tmp_path)
+    assert recorded.seeds == [0, 1] and recorded.cases == rec["cases"]
+    assert "± " in ex.tables(recorded)
+    figs = ex.figures(recorded)
+    assert set(figs) == {"histories", "case_errors", "front"}
+    models, test = rec["live"]["models"], data.test
+    figs = [ex.plot_pareto_fronts(data), ex.plot_projection(test, 0, test.dvhs[1, 1], 0),
+            ex.plot_errors(rec["live"]["results"]), ex.plot_tradeoffs(models["conditional"], test),
+            ex.plot_anatomy_only_errors(models["anatomy only"], test),
+            ex.plot_slider_sweep(models["conditional"], test)]
+    fig, info = ex.plot_tradeoff(models["conditional"], test, 0.5)
+    assert 0 <= info["plan"] < cfg.n_plans and info["distance"] >= 0
+    plt.close("all")
+
+
 def test_3d_code_path_of_the_full_profile():
-    c = ex.make_cohort(2, n_plans=2, dims=3, shape=(8, 32, 32), spacing=(10.0, 12.8, 12.8), n_bins=8, max_iter=20,
-                       progress=False)
-    assert c.doses.shape == (2, 2, 8, 32, 32) and c.anatomy.shape == (2, 4, 8, 32, 32)
-    net, h = ex.train_pareto_model(c.subset([0]), val=c.subset([1]), epochs=1, width=4, depth=3, batch_size=2,
-                                   progress=False, device="cpu")
-    assert "val_loss" in h.records[0]
-    res = ex.evaluate_pairs(net, c.subset([1]), samples_per_patient=2)
+    cfg = ex.default_config("full", n_train=1, n_val=1, n_test=1, n_plans=2, shape=(8, 32, 32),
+                            spacing=(10.0, 12.8, 12.8), n_bins=8, max_iter=20, width=4, depth=3, epochs=1,
+                            batch_size=2, samples_per_epoch=2, eval_samples=2, plan_on_device=False, cache=False)
+    data = ex.load_data(cfg, progress=False)
+    assert data.test.doses.shape == (1, 2, 8, 32, 32) and data.train.anatomy.shape == (1, 4, 8, 32, 32)
+    rec = study.validate_record(ex.run(cfg, 0, data=data, progress=False))
+    assert "val_loss" in rec["history"]["conditional"][0]
+    res = rec["live"]["results"]["conditional"]
     assert res["mean"].shape == (2, 4) and np.all(np.isfinite(res["max"]))
-    assert ex.predict(net, c.anatomy[1], ex.tradeoff_dvh(c.dvhs[1], 0.5), n_bins=8).shape == (8, 32, 32)
+    net = rec["live"]["models"]["conditional"]
+    assert ex.predict(net, data.test.anatomy[0], ex.tradeoff_dvh(data.test.dvhs[0], 0.5), n_bins=8).shape == (8, 32, 32)
