@@ -142,7 +142,12 @@ def _jsonable(value):
         return _jsonable(value.tolist())
     if value is None or isinstance(value, (bool, int, str)):
         return value
-    return str(value)  # paths, devices, dtypes
+    if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"  # a loss class or factory, by name (never an address)
+    text = str(value)  # paths, devices, dtypes
+    if " at 0x" in text:
+        raise TypeError(f"config value {value!r} has no stable text form; store a name or a number instead")
+    return text
 
 
 def config_to_json(cfg) -> dict:

@@ -178,3 +178,20 @@ def test_every_chapter_records_one_tiny_seed_that_loads_back(chapter, tmp_path):
         values = s.metric(claim.metric, claim.b)
         assert values.shape == (1, len(s.cases))
         assert claim.a in s.arms
+
+
+def test_config_values_are_stored_by_stable_names():
+    import functools
+
+    import torch
+
+    @dataclasses.dataclass(frozen=True)
+    class WithLoss:
+        loss: type = torch.nn.L1Loss
+        fn: object = np.mean
+        path: object = None
+
+    assert study.config_to_json(WithLoss()) == {"loss": "torch.nn.modules.loss.L1Loss", "fn": "numpy.mean",
+                                                "path": None}
+    with pytest.raises(TypeError, match="stable"):
+        study.config_to_json(WithLoss(path=functools.partial(np.mean)))
