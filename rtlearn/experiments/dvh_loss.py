@@ -1,29 +1,34 @@
 r"""MSE vs MAE vs MAE + DVH loss for dose prediction (DeepDoseNet, Soomro et al.).
 
 One DeepDoseNet (:class:`rtlearn.models.DeepDoseNet`, ReLU output, scaled by
-70 Gy) is trained per loss, with the same data split, weights seed and
-shuffling:
+70 Gy) is trained per *arm*, with the same data split, initial weights and
+batch order; an arm is a name and a loss object (:data:`ARMS`):
 
-* ``"MSE"``: :func:`rtlearn.losses.masked_mse` over the possible-dose mask;
-* ``"MAE"``: :func:`rtlearn.losses.masked_mae` over the possible-dose mask;
-* ``"MAE+DVH"``: :class:`rtlearn.losses.dvh.MAEPlusDVHLoss`,
+* ``"MSE"``: :class:`rtlearn.losses.MaskedMSELoss` over the possible-dose mask;
+* ``"MAE"``: :class:`rtlearn.losses.MaskedMAELoss` over the possible-dose mask;
+* ``"MAE+DVH"``: :class:`rtlearn.losses.MAEPlusDVHLoss`,
   :math:`\mathrm{MAE} + w\,L_{DVH}` with the relaxed DVH of Nguyen et al. 2020.
 
-Each model is then scored with the OpenKBP dose and DVH scores
-(:mod:`rtlearn.metrics.openkbp`) on the validation and test patients, as in
-Table 1 of Soomro et al. Two data sources share this code path:
+Each model is trained with :func:`rtlearn.train.fit` and scored with the
+OpenKBP dose and DVH scores (:mod:`rtlearn.metrics.openkbp`) on the validation
+and test patients, as in Table 1 of Soomro et al. Two data sources share this
+code path:
 
-* ``"phantom"`` (quick profile): 2D head-and-neck phantom slices
+* ``"phantom"`` (quick and study profiles): 2D head-and-neck phantom slices
   (:class:`rtlearn.phantom.PhantomDoseDataset`, OpenKBP's ROI names), CPU;
 * ``"openkbp"`` (full profile): the OpenKBP challenge data
   (:class:`rtlearn.data.openkbp.OpenKBPDataset`), official split, 3D, GPU.
 
-Typical use::
+The chapter's shape::
 
     from rtlearn.experiments import dvh_loss as ex
-    cfg = ex.default_config()
-    res = ex.run_experiment(cfg)
-    ex.table1_rows(res)
+    from rtlearn.metrics.stats import judge, format_verdicts
+    from rtlearn.study import from_runs
+    cfg = ex.default_config()                   # sizes of the active profile
+    record = ex.run(cfg, seed=0)                # every arm: seeded model + loss object + fit
+    live = from_runs("dvh_loss", "quick", cfg, {0: record})
+    ex.tables(live)                             # Table 1, the claims, per structure, leaderboard
+    print(format_verdicts(judge(live, ex.CLAIMS)))
 
 Choices the paper leaves open (ours, stated): the DVH-loss weight ``w``
 (default 80, i.e. the DVH term expressed as the area between the relaxed DVH
@@ -34,11 +39,14 @@ weight decay; model selection by the lowest validation loss of each model.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable
 
 import numpy as np
 import torch
+from scipy.optimize import linprog
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 from .. import dvh as exact_dvh
 from .. import plotting
@@ -46,35 +54,36 @@ from ..config import pick
 from ..data.openkbp import dataset as openkbp
 from ..data.openkbp.eval import predict_patient
 from ..data.openkbp.format import spacing_zyx, to_zyx
-from ..losses.dose import masked_mae, masked_mse
+from ..losses.dose import MaskedMAELoss, MaskedMSELoss, masked_mae
 from ..losses.dvh import MAEPlusDVHLoss, dvh_loss, soft_dvh
-from ..metrics import wilcoxon_summary
 from ..metrics.openkbp import OAR_METRICS, TARGET_METRICS, dose_error, dvh_metrics_openkbp
+from ..metrics.stats import Claim, format_comparison, holm, judge, seed_summary, wilcoxon_summary
 from ..models.deepdosenet import DeepDoseNet
 from ..models.scaled import ScaledDose
 from ..phantom import PhantomDoseDataset, make_patient, optimise_plan
 from ..phantom.anatomy import ROI_NAMES as PHANTOM_ROI_NAMES
 from ..rois import OARS, ROI_NAMES, TARGETS
-from ..train import Trainer
+from ..tables import Markdown, markdown_table
+from ..train import fit, seeded
 
 __all__ = [
-    "LOSSES", "PAPER_TABLE1", "LEADERBOARD", "DEEPDOSENET_BLINDED", "C3D_SINGLE_MODEL", "DVHLossConfig",
-    "default_config", "ExperimentData", "load_data", "make_model", "make_loss", "train_model", "evaluate_model",
-    "DVHLossResults", "run_experiment", "table1_rows", "score_tests", "metric_names", "structure_table",
-    "leaderboard_rows", "ordering", "fit_profile", "example_case", "relaxed_vs_exact", "dvh_loss_gradient",
+    "PAPER_TABLE1", "LEADERBOARD", "C3D_SINGLE_MODEL", "paper_score",
+    "Arm", "ARMS", "ARM_NAMES", "CLAIMS", "Config", "default_config", "TINY",
+    "ExperimentData", "load_data", "make_model", "metric_names", "structure_metric", "evaluate_model", "run",
+    "scores", "best_arm", "table1", "claims_table", "structure_means", "structure_table", "leaderboard_table", "tables",
+    "fit_profile", "example_case", "relaxed_vs_exact", "dvh_loss_gradient",
     "plot_learning_curves", "plot_structure_errors", "plot_sample",
 ]
 
-LOSSES = ("MSE", "MAE", "MAE+DVH")
-
-# ---- published numbers, quoted for comparison (never computed here) ------------------------------------------
+# ---- the paper's and the challenge's published numbers, quoted (never computed here) ------------------------
 #: Soomro et al. (DeepDoseNet), Table 1: (loss, phase) -> (DVH score Gy, dose score Gy, N patients).
 PAPER_TABLE1 = {
     ("MSE", "validation"): (3.2, 3.7, 40), ("MSE", "test"): (3.0, 3.6, 100),
     ("MAE", "validation"): (2.4, 3.6, 40), ("MAE", "test"): (2.3, 3.5, 100),
     ("MAE+DVH", "validation"): (1.9, 2.3, 40), ("MAE+DVH", "test"): (1.6, 2.0, 100),
 }
-#: Final blinded OpenKBP test leaderboard, top five (Babier et al. 2021): (rank, team, dose score, DVH score).
+#: Final blinded OpenKBP test leaderboard, top five, as published by the organisers (Babier et al. 2021):
+#: (rank, team, dose score Gy, DVH score Gy).
 LEADERBOARD = (
     (1, "LSL AnHui University (cascade 3D U-Net, C3D)", 2.4294, 1.4776),
     (2, "SuperPod", 2.5635, 1.7045),
@@ -82,20 +91,105 @@ LEADERBOARD = (
     (4, "Prediction Team Vienna", 2.6497, 1.5393),
     (5, "DanNguyen", 2.6795, 1.5728),
 )
-#: The blinded test-phase entry that is probably DeepDoseNet's group: (dose score, DVH score).
-DEEPDOSENET_BLINDED = (3.4980, 2.4008)
-#: C3D's authors, single model with test-time augmentation: (dose score, DVH score).
+#: C3D's authors, single model with test-time augmentation, as they published it: (dose score, DVH score).
 C3D_SINGLE_MODEL = (2.46, 1.58)
+
+_SCORES = {"dvh_score": 0, "dose_score": 1}
+
+
+def paper_score(arm: str, phase: str, score: str) -> float:
+    """The paper's ``score`` (``"dose_score"`` or ``"dvh_score"``, Gy) of ``arm`` on ``phase`` (its Table 1)."""
+    if score not in _SCORES:
+        raise ValueError(f"score must be one of {sorted(_SCORES)}, got {score!r}")
+    if (arm, phase) not in PAPER_TABLE1:
+        raise ValueError(f"the paper's Table 1 has no ({arm!r}, {phase!r}); it has {sorted(PAPER_TABLE1)}")
+    return PAPER_TABLE1[(arm, phase)][_SCORES[score]]
+
+
+# ---- the arms: a name and a loss object -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison: ``loss(cfg)`` builds the loss object, called as ``loss(pred, *batch[targets])``."""
+
+    loss: Callable
+    targets: tuple
+
+
+def _mse(cfg) -> MaskedMSELoss:
+    return MaskedMSELoss()
+
+
+def _mae(cfg) -> MaskedMAELoss:
+    return MaskedMAELoss()
+
+
+def _mae_dvh(cfg) -> MAEPlusDVHLoss:
+    return MAEPlusDVHLoss(weight=cfg.dvh_weight, bins=cfg.dvh_bins, steepness=cfg.steepness,
+                          dose_range=tuple(cfg.dose_range))
+
+
+#: The three losses of Soomro et al.'s Table 1 (doses in Gy, ``mask`` the possible-dose mask,
+#: ``structures`` the ten OpenKBP ROI masks).
+ARMS = {
+    "MSE": Arm(_mse, ("target", "mask")),
+    "MAE": Arm(_mae, ("target", "mask")),
+    "MAE+DVH": Arm(_mae_dvh, ("target", "mask", "structures")),
+}
+ARM_NAMES = tuple(ARMS)
+
+
+# ---- the paper's claims, stated before any number is seen ---------------------------------------------------------
+def _claim(score: str, a: str, b: str, words: str) -> Claim:
+    metric = {"dose_score": "dose_error", "dvh_score": "dvh_error"}[score]
+    return Claim(metric, a, b, "lower", f"{b} gives a lower {words} than {a}",
+                 paper=round(paper_score(b, "test", score) - paper_score(a, "test", score), 6))
+
+
+#: Soomro et al., Table 1: MAE+DVH < MAE < MSE for both OpenKBP scores. Tested per test patient
+#: (``dose_error``: the patient's dose-score term; ``dvh_error``: the mean |DVH-metric error| of the
+#: patient); ``paper`` is the difference of the paper's test scores (B - A, Gy).
+CLAIMS = (
+    _claim("dose_score", "MAE", "MAE+DVH", "dose score"),
+    _claim("dose_score", "MSE", "MAE+DVH", "dose score"),
+    _claim("dose_score", "MSE", "MAE", "dose score"),
+    _claim("dvh_score", "MAE", "MAE+DVH", "DVH score"),
+    _claim("dvh_score", "MSE", "MAE+DVH", "DVH score"),
+    _claim("dvh_score", "MSE", "MAE", "DVH score"),
+)
 
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DVHLossConfig:
-    """Everything that defines one run of the experiment (see :func:`default_config`).
+class Config:
+    """Every size of the experiment (see :func:`default_config` for the three profiles).
 
-    ``source="phantom"`` uses ``n_train + n_val + n_test`` phantom patients of
-    dataset seed ``seed`` split in this order; ``source="openkbp"`` uses the
-    official split (``n_*`` = number of first patients of each split, ``None`` = all).
+    ``source="phantom"``: ``n_train + n_val + n_test`` head-and-neck phantom patients
+    (dataset seed ``data_seed``), split in this order, one 2D slice each (``shape``
+    pixels of ``spacing`` mm); ``source="openkbp"``: the official split (``n_*`` = the
+    first patients of each split, ``None`` = all). The split never depends on the
+    training seed, so test patients pair across seeds.
+
+    Model: DeepDoseNet of ``depth`` and first-stage ``width``. Training (per arm in
+    ``arms``, a subset of :data:`ARM_NAMES`): at most ``epochs`` epochs of Adam
+    (``lr``, ``weight_decay``) with batches of ``batch_size``, the learning rate x0.1
+    after ``plateau_patience`` epochs without a lower validation loss, a stop after
+    ``early_stopping`` such epochs (``None``: never), and the best validation epoch
+    restored. DVH term: weight ``dvh_weight``, ``dvh_bins`` thresholds over
+    ``dose_range`` Gy, ``steepness``. ``n_seeds``: the number of training seeds
+    the profile is meant to be run with (``python -m rtlearn.study dvh_loss
+    --seeds 0-<n_seeds - 1>``). ``bench_size``: the cube edge (voxels) at which
+    the chapter times the losses (:mod:`rtlearn.bench.losses`).
+
+    Cost of the ``study`` profile (200 / 40 / 100 phantom patients, width 24,
+    batches of 8, at most 200 epochs, early stopping after 20), measured with one
+    thread on the shared 2-core AMD EPYC build machine (torch 2.13 CPU, 1 December
+    2026): a 3-epoch run of the three arms took 3.3 s of CPU time per epoch and arm
+    (training and validation; 7-9 s wall under the machine's load), and the MAE+DVH
+    arm of seed 0 trained to its early stop in 62 epochs (best epoch 42), 181 s of
+    CPU time (607 s wall under load). Estimate: about 9 min per seed on an idle
+    thread (3 arms x about 60 epochs x 3 s, plus scoring in seconds), at most
+    about 30 min (3 arms x 200 epochs); 5 seeds, about 45 min on one thread or
+    half that as two processes side by side.
     """
 
     source: str = "phantom"
@@ -108,20 +202,22 @@ class DVHLossConfig:
     inputs: tuple = ("structures", "ct")
     downsample: int = 1
     slice_step: int = 1
-    losses: tuple = LOSSES
+    arms: tuple = ARM_NAMES
     epochs: int = 20
+    early_stopping: int | None = None
     depth: int = 3
     width: int = 12
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     plateau_patience: int = 4
     dvh_weight: float = 80.0
     dvh_bins: int = 64
     steepness: float = 1.0
     dose_range: tuple = (0.0, 80.0)
-    seed: int = 0
-    train_seed: int = 0
+    data_seed: int = 0
+    n_seeds: int = 1
+    bench_size: int = 64
     n_jobs: int = 1
     num_workers: int = 0
     root: str | None = None
@@ -132,50 +228,84 @@ class DVHLossConfig:
             raise ValueError(f"source must be 'phantom' or 'openkbp', got {self.source!r}")
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
-        for name in ("epochs", "depth", "width", "batch_size", "dvh_bins"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("epochs", "depth", "width", "batch_size", "dvh_bins", "downsample", "slice_step", "bench_size",
+                     "n_seeds", "n_jobs"):
+            _check_int(getattr(self, name), name, 1)
+        for name in ("plateau_patience", "data_seed", "num_workers"):
+            _check_int(getattr(self, name), name, 0)
+        if self.early_stopping is not None:
+            _check_int(self.early_stopping, "early_stopping", 1, " or None")
         for name in ("n_train", "n_val", "n_test"):
             v = getattr(self, name)
             if v is None and self.source == "openkbp":
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive int{' or None' if self.source == 'openkbp' else ''}, "
-                                 f"got {v!r}")
+            _check_int(v, name, 1, " or None" if self.source == "openkbp" else "")
         if self.n_test is not None and self.n_test < 2:
-            raise ValueError(f"n_test must be >= 2 for paired Wilcoxon tests, got {self.n_test}")
-        bad = [x for x in self.losses if x not in LOSSES]
-        if bad or not self.losses:
-            raise ValueError(f"losses must be a non-empty subset of {LOSSES}, got {self.losses!r}")
-        if not (self.lr > 0) or not (self.dvh_weight >= 0) or not (self.steepness > 0):
-            raise ValueError("lr and steepness must be > 0 and dvh_weight >= 0")
+            raise ValueError(f"n_test must be >= 2 for paired tests over test patients, got {self.n_test}")
+        arms = tuple(self.arms) if isinstance(self.arms, (list, tuple)) else ()
+        if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
+            raise ValueError(f"arms must be distinct names from {ARM_NAMES}, got {self.arms!r}")
+        if not (self.lr > 0) or not (self.weight_decay >= 0) or not (self.dvh_weight >= 0) or not (self.steepness > 0):
+            raise ValueError("lr and steepness must be > 0, weight_decay and dvh_weight >= 0")
 
 
-def default_config(**overrides) -> DVHLossConfig:
-    """The configuration of the active profile (:func:`rtlearn.config.pick`).
+def _check_int(v, name: str, low: int, extra: str = "") -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name} must be an int >= {low}{extra}, got {v!r}")
 
-    * quick: 2D head-and-neck phantom slices, 64 x 64 pixels of 4 mm (about
+
+#: One explicit set of sizes per profile (fields not named keep the :class:`Config` defaults, the quick sizes).
+_PROFILES = {
+    "quick": {},
+    "study": dict(n_train=200, n_val=40, n_test=100, epochs=200, early_stopping=20, width=24, batch_size=8,
+                  lr=1e-3, plateau_patience=8, n_seeds=5),
+    "full": dict(source="openkbp", dims=3, n_train=None, n_val=None, n_test=None, shape=None, spacing=None,
+                 inputs=("rois", "ct", "possible_dose_mask"), epochs=200, width=32, batch_size=2, lr=1e-3,
+                 plateau_patience=10, num_workers=6, bench_size=128),
+}
+
+
+def default_config(profile: str | None = None, **overrides) -> Config:
+    """The sizes of ``profile`` (default: the active one, ``RTLEARN_PROFILE``); keywords override single fields.
+
+    * ``quick``: 2D head-and-neck phantom slices, 64 x 64 pixels of 4 mm (about
       OpenKBP's in-plane voxel size), 24 train / 6 validation / 10 test patients,
-      a DeepDoseNet of width 12, 20 epochs at learning rate 2e-3 (so that 20 epochs
-      suffice): the three models train in about two minutes on two idle CPU cores.
-    * full: OpenKBP 3D, the official 200 / 40 / 100 split (all patients with a
+      a DeepDoseNet of width 12, 20 epochs at learning rate 2e-3 (so that 20
+      epochs suffice), no early stopping: a demonstration on a CPU.
+    * ``study``: the same phantom slices, OpenKBP's split sizes 200 / 40 / 100,
+      width 24, batches of 8, the paper's learning rate 1e-3, the learning rate
+      x0.1 after 8 epochs and a stop after 20 epochs without a lower validation
+      loss (at most 200 epochs), 5 seeds; one thread of a CPU (about 9 min per
+      seed, see :class:`Config`).
+    * ``full``: OpenKBP 3D, the official 200 / 40 / 100 split (all patients with a
       dose and, since CT is an input, a CT), the paper's 200 epochs, batch 2 and
       learning rate 1e-3, DeepDoseNet of width 32; needs a GPU.
 
-    Keyword arguments override single fields.
+    Raises
+    ------
+    ValueError
+        For an unknown profile or override name, or a bad value.
     """
-    quick = DVHLossConfig(lr=2e-3)
-    full = DVHLossConfig(source="openkbp", dims=3, n_train=None, n_val=None, n_test=None, shape=None, spacing=None,
-                         inputs=("rois", "ct", "possible_dose_mask"), epochs=200, width=32, batch_size=2,
-                         plateau_patience=10, num_workers=6)
-    cfg = pick(quick=quick, full=full)
-    return replace(cfg, **overrides) if overrides else cfg
+    sizes = pick(_PROFILES["quick"], _PROFILES["full"], study=_PROFILES["study"], profile_name=profile)
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown dvh_loss setting(s) {unknown}; known: {sorted(known)}")
+    return replace(Config(), **{**sizes, **overrides})
+
+
+#: Overrides that make ``default_config("study", **TINY)`` run one seed in seconds (the study runner's test).
+TINY = dict(n_train=4, n_val=2, n_test=3, shape=(32, 32), spacing=(8.0, 8.0), epochs=2, early_stopping=1,
+            depth=2, width=4, batch_size=2)
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
 class _WithStructures(Dataset):
-    """Adds ``"structures"`` (bool ``S x spatial``, :data:`ROI_NAMES` order) to every item of ``base``."""
+    """Adds ``"structures"`` (bool ``S x spatial``, :data:`ROI_NAMES` order) to every item of ``base``.
+
+    The possible-dose mask ``"mask"`` becomes boolean (``> 0.5``; a down-sampled
+    OpenKBP mask is a block mean).
+    """
 
     def __init__(self, base, source: str, channels=None):
         self.base, self.source = base, source
@@ -192,6 +322,7 @@ class _WithStructures(Dataset):
             item.pop("slice", None)
         else:
             item["structures"] = item["rois"] >= 0.5
+        item["mask"] = item["mask"] > 0.5
         return item
 
 
@@ -217,74 +348,37 @@ def _phantom_roi_order():
     return order
 
 
-def load_data(config: DVHLossConfig, progress: bool = True) -> ExperimentData:
-    """Build the datasets of the configured source (phantom cases are cached on disk)."""
-    if config.source == "phantom":
-        n = config.n_train + config.n_val + config.n_test
-        ds = PhantomDoseDataset("head_neck", n=n, seed=config.seed, dims=config.dims, shape=config.shape,
-                                spacing=config.spacing, inputs=config.inputs, root=config.root,
-                                progress=progress, n_jobs=config.n_jobs)
-        idx = np.arange(n)
-        parts = np.split(idx, [config.n_train, config.n_train + config.n_val])
+def load_data(cfg: Config, progress: bool = True) -> ExperimentData:
+    """The datasets of the configured source (phantom cases are generated once and cached on disk)."""
+    if cfg.source == "phantom":
+        n = cfg.n_train + cfg.n_val + cfg.n_test
+        ds = PhantomDoseDataset("head_neck", n=n, seed=cfg.data_seed, dims=cfg.dims, shape=cfg.shape,
+                                spacing=cfg.spacing, inputs=cfg.inputs, root=cfg.root, progress=progress,
+                                n_jobs=cfg.n_jobs)
+        parts = np.split(np.arange(n), [cfg.n_train, cfg.n_train + cfg.n_val])
         wrap = lambda ii: _WithStructures(Subset(ds, ii.tolist()), "phantom")  # noqa: E731
         return ExperimentData("phantom", wrap(parts[0]), wrap(parts[1]), wrap(parts[2]), ds.in_channels,
                               {"dataset": ds, "train": parts[0], "validation": parts[1], "test": parts[2]})
-    kw = dict(root=config.root, dims=config.dims, inputs=tuple(config.inputs), downsample=config.downsample,
-              progress=progress)
-    sets = {s: openkbp.OpenKBPDataset(s, patients=n, slice_step=config.slice_step if s == "train" else 1, **kw)
-            for s, n in (("train", config.n_train), ("validation", config.n_val), ("test", config.n_test))}
-    if "rois" not in config.inputs:
+    if "rois" not in cfg.inputs:
         raise ValueError("the OpenKBP source needs 'rois' among the inputs (the DVH loss reads the masks there)")
+    kw = dict(root=cfg.root, dims=cfg.dims, inputs=tuple(cfg.inputs), downsample=cfg.downsample, progress=progress)
+    sets = {s: openkbp.OpenKBPDataset(s, patients=n, slice_step=cfg.slice_step if s == "train" else 1, **kw)
+            for s, n in (("train", cfg.n_train), ("validation", cfg.n_val), ("test", cfg.n_test))}
     chans = [sets["train"].channel_names.index(n) for n in ROI_NAMES]
     wrapped = {s: _WithStructures(d, "openkbp", chans) for s, d in sets.items()}
     return ExperimentData("openkbp", wrapped["train"], wrapped["validation"], wrapped["test"],
                           sets["train"].n_channels, sets)
 
 
-# ---- model and losses ---------------------------------------------------------------------------------------------
-def make_model(config: DVHLossConfig, in_channels: int):
-    """DeepDoseNet (ReLU output) whose output is multiplied by 70 Gy, so the loss is in Gy."""
-    return ScaledDose(DeepDoseNet(in_channels, 1, dims=config.dims, depth=config.depth, width=config.width,
+# ---- model --------------------------------------------------------------------------------------------------------
+def make_model(cfg: Config, in_channels: int) -> ScaledDose:
+    """DeepDoseNet (ReLU output) whose output is multiplied by 70 Gy, so the losses are in Gy."""
+    return ScaledDose(DeepDoseNet(in_channels, 1, dims=cfg.dims, depth=cfg.depth, width=cfg.width,
                                   norm="batch", final_activation="relu"), scale=70.0)
 
 
-def make_loss(name: str, config: DVHLossConfig | None = None):
-    """``loss_fn(pred, batch)`` for ``name`` in :data:`LOSSES` (doses in Gy, mask ``batch["mask"] > 0.5``)."""
-    config = config or DVHLossConfig()
-    if name == "MSE":
-        return lambda pred, b: masked_mse(pred, b["target"], b["mask"] > 0.5)
-    if name == "MAE":
-        return lambda pred, b: masked_mae(pred, b["target"], b["mask"] > 0.5)
-    if name == "MAE+DVH":
-        hybrid = MAEPlusDVHLoss(weight=config.dvh_weight, bins=config.dvh_bins, steepness=config.steepness,
-                                dose_range=config.dose_range)
-        return lambda pred, b: hybrid(pred, b["target"], b["mask"] > 0.5, b["structures"])
-    raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
-
-
 def _val_mae_gy(pred, batch):
-    return float(masked_mae(pred, batch["target"], batch["mask"] > 0.5))
-
-
-def train_model(name: str, data: ExperimentData, config: DVHLossConfig, progress: bool = True):
-    """Train one model with loss ``name``; returns ``(model, history, seconds)``.
-
-    The weights and the shuffling are seeded with ``config.train_seed`` for every loss.
-    """
-    torch.manual_seed(config.train_seed)
-    model = make_model(config, data.in_channels)
-    gen = torch.Generator().manual_seed(config.train_seed)
-    n = len(data.train)
-    loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, generator=gen,
-                        drop_last=n >= 2 * config.batch_size, num_workers=config.num_workers,
-                        persistent_workers=config.num_workers > 0)
-    val_loader = DataLoader(data.validation, batch_size=config.batch_size, num_workers=config.num_workers)
-    trainer = Trainer(model, make_loss(name, config), lr=config.lr, weight_decay=config.weight_decay,
-                      plateau_patience=config.plateau_patience, metrics={"val_mae_gy": _val_mae_gy},
-                      seed=config.train_seed, progress=progress, device=config.device)
-    t0 = time.perf_counter()
-    history = trainer.fit(loader, config.epochs, val_loader)
-    return trainer.model, history, time.perf_counter() - t0
+    return float(masked_mae(pred, batch["target"], batch["mask"]))
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------------------
@@ -326,6 +420,13 @@ def metric_names() -> list:
     return [(r, m) for r in OARS for m in OAR_METRICS] + [(r, m) for r in TARGETS for m in TARGET_METRICS]
 
 
+def structure_metric(roi: str, metric: str) -> str:
+    """Name of a per-structure DVH-metric error in a run record, e.g. ``"PTV70 D_95"`` (|error|, Gy)."""
+    if (roi, metric) not in metric_names():
+        raise ValueError(f"({roi!r}, {metric!r}) is not a metric of the OpenKBP DVH score")
+    return f"{roi} {metric}"
+
+
 def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progress: bool = False) -> dict:
     """OpenKBP scores of ``model`` on a split.
 
@@ -336,12 +437,11 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
     -------
     dict
         ``dose_score``, ``dvh_score`` (Gy), ``n``, ``patients``, ``dose_error`` and
-        ``dvh_error`` (per patient, arrays), ``metric_errors`` ``{(roi, metric):
-        array over patients, NaN where the ROI is absent}`` and ``predictions``
-        (the first ``keep`` patients' predicted doses).
+        ``dvh_error`` (per patient, arrays; ``dvh_error`` is the mean |error| over the
+        patient's DVH metrics), ``metric_errors`` ``{(roi, metric): array over patients,
+        NaN where the ROI is absent}`` and ``predictions`` (the first ``keep`` patients'
+        predicted doses).
     """
-    from tqdm.auto import tqdm
-
     names = metric_names()
     patients, dose_err, dvh_err, cells, kept = [], [], [], [], []
     per_metric = {k: [] for k in names}
@@ -369,115 +469,210 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
             "metric_errors": {k: np.asarray(v, float) for k, v in per_metric.items()}, "predictions": kept}
 
 
-# ---- the whole experiment -----------------------------------------------------------------------------------------
-@dataclass
-class DVHLossResults:
-    """Scores, per-patient errors, training histories and one sample case per loss."""
+# ---- one seed: every arm ------------------------------------------------------------------------------------------
+def run(cfg: Config | None = None, seed: int = 0, *, data: ExperimentData | None = None,
+        progress: bool = True) -> dict:
+    """Train one DeepDoseNet per arm of ``cfg`` with ``seed`` and score it on the validation and test patients.
 
-    config: DVHLossConfig
-    labels: list
-    scores: dict       # {label: {"validation": evaluate_model(...), "test": ...}}
-    histories: dict    # {label: History}
-    seconds: dict      # {label: training seconds}
-    n_params: int
+    For every arm: the model is built inside :func:`rtlearn.train.seeded` (the same
+    initial weights for every arm of a seed), its loss object is ``ARMS[arm].loss(cfg)``
+    and :func:`rtlearn.train.fit` trains it (batch order and per-epoch reseeding from
+    ``seed``); the best validation epoch is restored and scored.
 
-    def best(self, split: str = "validation", score: str = "dose_score") -> str:
-        """Label with the lowest ``score`` on ``split`` (use validation to choose without the test set)."""
-        return min(self.labels, key=lambda lab: self.scores[lab][split][score])
+    Returns
+    -------
+    dict
+        The run record of :mod:`rtlearn.study`: ``cases`` (test patients), ``metrics``
+        ``{arm: {"dose_error", "dvh_error", "<ROI> <metric>" (|DVH-metric error|, NaN
+        where the ROI is absent): [one float per test patient]}}`` (Gy), ``history``
+        (per-epoch records), ``seconds`` (training and scoring), ``extras`` (the
+        validation patients' scores, ``{"validation": {"cases", "dose_score",
+        "dvh_score", "dose_error", "dvh_error"}}`` by arm, and the parameter count)
+        and ``live`` (the trained models and the first test patient's prediction
+        per arm, for the figures; not recorded).
+    """
+    cfg = default_config() if cfg is None else cfg
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be a dvh_loss Config, got {type(cfg).__name__}")
+    _check_int(seed, "seed", 0)
+    data = load_data(cfg, progress=progress) if data is None else data
+    names = metric_names()
+    record = {"cases": None, "metrics": {}, "history": {}, "seconds": {},
+              "extras": {"validation": {"cases": None, "dose_score": {}, "dvh_score": {}, "dose_error": {},
+                                        "dvh_error": {}}},
+              "live": {"models": {}, "samples": {}}}
+    val_extras = record["extras"]["validation"]
+    for arm in cfg.arms:
+        t0 = time.perf_counter()
+        with seeded(seed):
+            model = make_model(cfg, data.in_channels)
+        result = fit(model, ARMS[arm].loss(cfg), data.train, val=data.validation, epochs=cfg.epochs,
+                     batch_size=cfg.batch_size, seed=seed, targets=ARMS[arm].targets,
+                     drop_last=len(data.train) >= 2 * cfg.batch_size, num_workers=cfg.num_workers,
+                     lr=cfg.lr, weight_decay=cfg.weight_decay, plateau_patience=cfg.plateau_patience,
+                     early_stopping=cfg.early_stopping, metrics={"val_mae_gy": _val_mae_gy},
+                     progress=progress, device=cfg.device)
+        val = evaluate_model(result.model, data, "validation", progress=progress)
+        test = evaluate_model(result.model, data, "test", keep=1, progress=progress)
+        record["seconds"][arm] = time.perf_counter() - t0
+        record["cases"] = list(test["patients"])
+        record["metrics"][arm] = {"dose_error": test["dose_error"].tolist(), "dvh_error": test["dvh_error"].tolist(),
+                                  **{structure_metric(r, m): test["metric_errors"][(r, m)].tolist()
+                                     for r, m in names}}
+        record["history"][arm] = [dict(r) for r in result.history.records]
+        val_extras["cases"] = list(val["patients"])
+        for key in ("dose_score", "dvh_score"):
+            val_extras[key][arm] = val[key]
+        for key in ("dose_error", "dvh_error"):
+            val_extras[key][arm] = val[key].tolist()
+        record["extras"]["n_parameters"] = int(sum(p.numel() for p in result.model.parameters()))
+        record["live"]["models"][arm] = result.model
+        record["live"]["samples"][arm] = test["predictions"][0]
+    return record
 
 
-def run_experiment(config: DVHLossConfig | None = None, progress: bool = True,
-                   data: ExperimentData | None = None, keep: int = 1) -> DVHLossResults:
-    """Train one model per loss in ``config.losses`` and score each on validation and test."""
-    config = default_config() if config is None else config
-    data = load_data(config, progress) if data is None else data
-    scores, hists, secs = {}, {}, {}
-    n_params = 0
-    for name in config.losses:
-        model, hist, sec = train_model(name, data, config, progress)
-        n_params = sum(p.numel() for p in model.parameters())
-        scores[name] = {"validation": evaluate_model(model, data, "validation", progress=progress),
-                        "test": evaluate_model(model, data, "test", keep=keep, progress=progress)}
-        hists[name], secs[name] = hist, sec
-    return DVHLossResults(config, list(config.losses), scores, hists, secs, n_params)
+# ---- tables --------------------------------------------------------------------------------------------------------
+def scores(study, arm: str, phase: str = "test") -> dict:
+    """The OpenKBP scores of ``arm`` per seed: ``{"dose_score": (n_seeds,), "dvh_score": (n_seeds,)}`` (Gy).
+
+    ``phase="test"``: from the per-patient metrics (the dose score is the mean dose
+    error; the DVH score the mean |error| over every (patient, ROI, metric) present);
+    ``phase="validation"``: the scores stored in the run records' ``extras``.
+    """
+    if phase == "test":
+        cells = np.concatenate([study.metric(structure_metric(r, m), arm)[:, :, None] for r, m in metric_names()],
+                               axis=2)
+        flat = cells.reshape(cells.shape[0], -1)
+        return {"dose_score": np.nanmean(study.metric("dose_error", arm), axis=1),
+                "dvh_score": np.array([row[np.isfinite(row)].mean() for row in flat])}
+    if phase == "validation":
+        ex = [study.extras(s)["validation"] for s in study.seeds]
+        return {k: np.array([e[k][arm] for e in ex], dtype=float) for k in ("dose_score", "dvh_score")}
+    raise ValueError(f"phase must be 'validation' or 'test', got {phase!r}")
 
 
-# ---- tables ---------------------------------------------------------------------------------------------------------
-def table1_rows(results: DVHLossResults) -> list:
-    """Rows ``(loss, phase, our DVH score, our dose score, our N, paper DVH, paper dose, paper N)`` (Gy)."""
+def _mean_sd(values):
+    s = seed_summary(values)
+    return s["mean"] if s["n"] < 2 else (s["mean"], s["sd"])
+
+
+def best_arm(study, score: str = "dose_score") -> str:
+    """The arm with the lowest validation ``score`` (mean over seeds): a choice made without the test patients."""
+    return min(study.arms, key=lambda a: float(np.mean(scores(study, a, "validation")[score])))
+
+
+def _n_val(study) -> int:
+    return len(study.extras(study.seeds[0])["validation"]["cases"])
+
+
+def table1(study) -> Markdown:
+    """Our dose and DVH scores (mean ± sd over seeds) on validation and test, next to the paper's Table 1."""
     rows = []
-    for lab in results.labels:
+    for arm in study.arms:
         for phase in ("validation", "test"):
-            s = results.scores[lab][phase]
-            p = PAPER_TABLE1.get((lab, phase), (np.nan, np.nan, np.nan))
-            rows.append((lab, phase, s["dvh_score"], s["dose_score"], s["n"], *p))
-    return rows
+            ours = scores(study, arm, phase)
+            n = len(study.cases) if phase == "test" else _n_val(study)
+            p = PAPER_TABLE1.get((arm, phase), (np.nan, np.nan, "–"))
+            rows.append((arm, phase, _mean_sd(ours["dvh_score"]), _mean_sd(ours["dose_score"]), str(n),
+                         p[0], p[1], str(p[2])))
+    sd = " (mean ± sd over seeds)" if len(study.seeds) > 1 else ""
+    return Markdown(markdown_table(
+        ["loss", "phase", f"ours: DVH score (Gy){sd}", "ours: dose score (Gy)", "ours: N",
+         "paper: DVH score (Gy)", "paper: dose score (Gy)", "paper: N"], rows))
 
 
-def _pairs(labels):
-    order = [x for x in LOSSES if x in labels]
-    return [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
+def claims_table(study, rows=None) -> Markdown:
+    """The claims of :data:`CLAIMS` on ``study``: paper, ours, the paired difference with its CI, p (Holm), verdict.
 
-
-def score_tests(results: DVHLossResults, split: str = "test") -> list:
-    """Paired Wilcoxon tests of the per-patient dose and DVH errors between every pair of losses (their Fig. 4).
-
-    Rows ``(score, loss A, loss B, mean A, mean B, p)``.
+    ``rows`` are :func:`rtlearn.metrics.stats.judge` rows (computed here when omitted),
+    Holm-adjusted over all the claims together; one table per score.
     """
-    rows = []
-    for key, label in (("dose_error", "dose"), ("dvh_error", "DVH")):
-        for a, b in _pairs(results.labels):
-            w = wilcoxon_summary(results.scores[a][split][key], results.scores[b][split][key], names=("a", "b"))
-            rows.append((label, a, b, w["a_mean"], w["b_mean"], w["p"]))
-    return rows
+    rows = judge(study, CLAIMS) if rows is None else rows
+    parts = []
+    for metric, title in (("dose_error", "Dose score"), ("dvh_error", "DVH score")):
+        sub = [r for r in rows if r["metric"] == metric]
+        if sub:
+            parts.append(f"**{title}** (per test patient; paper: difference of its test scores, B − A; "
+                         f"ours: median paired difference B − A over {sub[0]['n_cases']} patients, seed-averaged)"
+                         f"\n\n{format_comparison(sub)}")
+    return Markdown("\n\n".join(parts))
 
 
-def structure_table(results: DVHLossResults, split: str = "test") -> list:
-    """Per (ROI, metric): mean |error| (Gy) per loss and paired Wilcoxon p-values between losses (Figs. 5-6).
-
-    Rows ``(roi, metric, n, {loss: mean}, {(a, b): p})``; ROI metrics absent from
-    every patient are left out, and a p-value is NaN with fewer than 2 patients.
-    """
-    rows = []
-    for roi, metric in metric_names():
-        vals = {lab: results.scores[lab][split]["metric_errors"][(roi, metric)] for lab in results.labels}
-        n = int(np.isfinite(next(iter(vals.values()))).sum())
-        if n == 0:
-            continue
-        means = {lab: float(np.nanmean(v)) for lab, v in vals.items()}
-        ps = {}
-        for a, b in _pairs(results.labels):
-            try:
-                ps[(a, b)] = wilcoxon_summary(vals[a], vals[b])["p"]
-            except ValueError:
-                ps[(a, b)] = float("nan")
-        rows.append((roi, metric, n, means, ps))
-    return rows
-
-
-def leaderboard_rows(results: DVHLossResults, split: str = "test") -> list:
-    """Published leaderboard rows next to our models' scores: ``(name, dose score, DVH score, what)``."""
-    rows = [(f"{rank}. {team}", d, v, "published, blinded test") for rank, team, d, v in LEADERBOARD]
-    rows.append(("C3D single model + TTA", *C3D_SINGLE_MODEL, "published by its authors"))
-    rows.append(("DeepDoseNet (probable blinded entry)", *DEEPDOSENET_BLINDED, "published, blinded test"))
-    for lab in LOSSES:
-        v, d, _ = PAPER_TABLE1[(lab, "test")]
-        rows.append((f"DeepDoseNet {lab} (paper, Table 1)", d, v, "paper, test doses not blinded"))
-    src = "ours, phantom test (not comparable)" if results.config.source == "phantom" else "ours, OpenKBP test"
-    for lab in results.labels:
-        s = results.scores[lab][split]
-        rows.append((f"ours: DeepDoseNet {lab}", s["dose_score"], s["dvh_score"], src))
-    return rows
-
-
-def ordering(results: DVHLossResults, split: str = "test") -> dict:
-    """Does ``MAE+DVH < MAE < MSE`` hold for each score on ``split``? ``{score: (holds, {loss: value})}``."""
+def structure_means(study) -> dict:
+    """``{(roi, metric): {arm: mean |error| (Gy)}}`` over test patients and seeds, for the metrics present."""
     out = {}
-    for score in ("dose_score", "dvh_score"):
-        v = {lab: results.scores[lab][split][score] for lab in results.labels}
-        holds = all(x in v for x in LOSSES) and v["MAE+DVH"] < v["MAE"] < v["MSE"]
-        out[score] = (bool(holds), v)
+    for roi, m in metric_names():
+        vals = {arm: study.metric(structure_metric(roi, m), arm) for arm in study.arms}
+        if np.isfinite(vals[study.arms[0]]).any():
+            out[(roi, m)] = {arm: float(np.nanmean(v)) for arm, v in vals.items()}
     return out
+
+
+def structure_table(study, pairs=(("MSE", "MAE"), ("MAE", "MAE+DVH"), ("MSE", "MAE+DVH"))) -> Markdown:
+    """Mean |error| of each DVH metric per arm (mean ± sd over seeds) and paired Wilcoxon p-values (their Figs. 5-6).
+
+    A metric is tested over the test patients that have the structure, each
+    patient averaged over seeds; the p-values are Holm-adjusted over the whole
+    table (every metric and pair). Exploratory: the paper states no claim per structure.
+    """
+    pairs = [(a, b) for a, b in pairs if a in study.arms and b in study.arms]
+    body, raw = [], []
+    for roi, m in structure_means(study):
+        vals = {arm: study.metric(structure_metric(roi, m), arm) for arm in study.arms}
+        case_mean = {arm: _nanmean(v, axis=0) for arm, v in vals.items()}
+        n = int(np.isfinite(case_mean[study.arms[0]]).sum())
+        means = [_mean_sd(_nanmean(vals[arm], axis=1)) for arm in study.arms]
+        ps = []
+        for a, b in pairs:
+            try:
+                ps.append(wilcoxon_summary(case_mean[a], case_mean[b])["p"])
+            except ValueError:
+                ps.append(np.nan)
+        raw.append(ps)
+        body.append([roi, m, str(n), *means])
+    if raw and pairs:
+        adj = holm(np.asarray(raw, float).ravel()).reshape(len(raw), -1)
+        for row, p in zip(body, adj):
+            row.extend(_fmt_p(v) for v in p)
+    return Markdown(markdown_table(
+        ["ROI", "metric", "N"] + [f"{a} (Gy)" for a in study.arms] + [f"p {a} vs {b} (Holm)" for a, b in pairs],
+        body))
+
+
+def _nanmean(x, axis):
+    x = np.asarray(x, float)
+    ok = np.isfinite(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, x, 0.0).sum(axis) / ok.sum(axis)
+
+
+def _fmt_p(p) -> str:
+    return "–" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def leaderboard_table(study) -> Markdown:
+    """The published OpenKBP leaderboard, the paper's own test scores and ours (test, mean over seeds)."""
+    rows = [(f"{rank}. {team}", d, v, "published leaderboard, blinded test") for rank, team, d, v in LEADERBOARD]
+    rows.append(("C3D single model + TTA", *C3D_SINGLE_MODEL, "published by C3D's authors"))
+    for arm in ARM_NAMES:
+        rows.append((f"DeepDoseNet {arm}", paper_score(arm, "test", "dose_score"),
+                     paper_score(arm, "test", "dvh_score"), "the paper's Table 1 (not a leaderboard entry)"))
+    src = ("ours, phantom test (not comparable)" if study.config.get("source") == "phantom"
+           else "ours, OpenKBP test")
+    for arm in study.arms:
+        s = scores(study, arm, "test")
+        rows.append((f"ours: DeepDoseNet {arm}", float(np.mean(s["dose_score"])), float(np.mean(s["dvh_score"])),
+                     src))
+    return Markdown(markdown_table(["entry", "dose score (Gy)", "DVH score (Gy)", "source"], rows, fmt="{:.3f}"))
+
+
+def tables(study, rows=None) -> Markdown:
+    """Every table of the chapter for ``study`` (a live run or a recorded study), one after another."""
+    return Markdown("\n\n".join([
+        "**Dose and DVH scores (the paper's Table 1)**", table1(study),
+        "**The paper's claims, paired over test patients**", claims_table(study, rows),
+        "**Per-structure DVH-metric errors, test patients (their Figs. 5-6)**", structure_table(study),
+        "**Next to the published leaderboard**", leaderboard_table(study)]))
 
 
 # ---- pieces for the chapter's derivations ---------------------------------------------------------------------------
@@ -505,8 +700,6 @@ def fit_profile(x, y, degree: int, loss: str = "l2") -> np.ndarray:
         return A @ c
     if loss != "l1":
         raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
-    from scipy.optimize import linprog
-
     n, k = A.shape
     # variables [c (k, free), t (n, >= 0)]; A c - t <= y and -A c - t <= -y
     cost = np.concatenate([np.zeros(k), np.ones(n)])
@@ -561,7 +754,7 @@ def relaxed_vs_exact(dose, mask, steepness_values, bins: int = 64, dose_range=(0
 
 
 def dvh_loss_gradient(reference, prediction, rois: dict, **dvh_kwargs) -> tuple:
-    """``(loss, d loss / d prediction)`` of :func:`rtlearn.losses.dvh.dvh_loss` for one case (gradient per voxel, 1/Gy)."""
+    """``(loss, d loss / d prediction)`` of :func:`rtlearn.losses.dvh.dvh_loss` for one case (per voxel, 1/Gy)."""
     names = list(rois)
     pred = torch.tensor(np.asarray(prediction, float)[None], requires_grad=True)
     ref = torch.tensor(np.asarray(reference, float)[None])
@@ -572,29 +765,33 @@ def dvh_loss_gradient(reference, prediction, rois: dict, **dvh_kwargs) -> tuple:
 
 
 # ---- figures --------------------------------------------------------------------------------------------------------
-def plot_learning_curves(results: DVHLossResults, axes=None):
-    """Training and validation loss per model (their Fig. 3) and the validation MAE (Gy), a common yardstick."""
+def plot_learning_curves(study, axes=None):
+    """Training and validation loss per arm (their Fig. 3) and the validation MAE (Gy), one line per seed."""
     import matplotlib.pyplot as plt
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for lab in results.labels:
-        h = results.histories[lab]
-        line, = axes[0].plot(h["epoch"], h["train_loss"], label=lab)
-        axes[1].plot(h["epoch"], h["val_loss"], color=line.get_color(), label=lab)
-        axes[2].plot(h["epoch"], h["val_mae_gy"], color=line.get_color(), label=lab)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, arm in enumerate(study.arms):
+        for k, hist in enumerate(study.histories(arm)):
+            ep = [r["epoch"] for r in hist]
+            kw = dict(color=colors[j % len(colors)], lw=1.5 if k == 0 else 0.8, alpha=1.0 if k == 0 else 0.5,
+                      label=arm if k == 0 else None)
+            for ax, key in zip(axes, ("train_loss", "val_loss", "val_mae_gy")):
+                ax.plot(ep, [np.nan if r.get(key) is None else r[key] for r in hist], **kw)
     for ax, t, u in zip(axes, ("training loss", "validation loss", "validation MAE in the mask"),
                         ("loss (Gy² for MSE, Gy otherwise)", "loss (Gy² for MSE, Gy otherwise)", "MAE (Gy)")):
         ax.set_xlabel("epoch")
         ax.set_title(t)
         ax.set_ylabel(u)
         ax.set_yscale("log")
-    axes[2].legend(fontsize=8)
+    axes[2].legend(fontsize=8, title=f"{len(study.seeds)} seed(s)" if len(study.seeds) > 1 else None)
     return axes
 
 
-def plot_structure_errors(results: DVHLossResults, split: str = "test", axes=None):
-    """Box plots of |DVH-metric error| per ROI: OAR mean and D_0.1cc, PTV D99/D95/D1 (their Figs. 5-6)."""
+def plot_structure_errors(study, axes=None):
+    """Box plots of |DVH-metric error| per ROI over test patients (seed-averaged): OAR mean and D_0.1cc,
+    PTV D99/D95/D1 (their Figs. 5-6)."""
     import matplotlib.pyplot as plt
 
     groups = [("OAR mean", [(r, "mean") for r in OARS]), ("OAR D$_{0.1cc}$", [(r, "D_0.1_cc") for r in OARS]),
@@ -602,13 +799,14 @@ def plot_structure_errors(results: DVHLossResults, split: str = "test", axes=Non
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [7, 7, 9]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    k = len(results.labels)
-    w = 0.8 / k
+    arms = study.arms
+    w = 0.8 / len(arms)
+    per_case = {(arm, key): _nanmean(study.metric(structure_metric(*key), arm), axis=0)
+                for arm in arms for _, keys in groups for key in keys}
     for ax, (title, keys) in zip(axes, groups):
-        keys = [key for key in keys
-                if np.isfinite(results.scores[results.labels[0]][split]["metric_errors"][key]).any()]
-        for j, lab in enumerate(results.labels):
-            vals = [results.scores[lab][split]["metric_errors"][key] for key in keys]
+        keys = [key for key in keys if np.isfinite(per_case[(arms[0], key)]).any()]
+        for j, arm in enumerate(arms):
+            vals = [per_case[(arm, key)] for key in keys]
             vals = [v[np.isfinite(v)] for v in vals]
             pos = np.arange(len(keys)) - 0.4 + w * (j + 0.5)
             bp = ax.boxplot(vals, positions=pos, widths=w * 0.9, patch_artist=True,
@@ -616,7 +814,7 @@ def plot_structure_errors(results: DVHLossResults, split: str = "test", axes=Non
             for b in bp["boxes"]:
                 b.set_facecolor(colors[j % len(colors)])
                 b.set_alpha(0.75)
-            ax.plot([], [], "s", color=colors[j % len(colors)], label=lab)
+            ax.plot([], [], "s", color=colors[j % len(colors)], label=arm)
         ax.set_xticks(np.arange(len(keys)))
         ax.set_xticklabels([r if "PTV" not in title else f"{r} {m.replace('_', '')}" for r, m in keys],
                            rotation=45, ha="right", fontsize=7)
@@ -626,15 +824,20 @@ def plot_structure_errors(results: DVHLossResults, split: str = "test", axes=Non
     return axes
 
 
-def plot_sample(results: DVHLossResults, label: str | None = None, slice_index=None):
-    """Reference vs predicted dose, their difference and its histogram, and the DVHs (their Fig. 7)."""
+def plot_sample(record: dict, arm: str | None = None, slice_index=None):
+    """Reference vs predicted dose of the first test patient, their difference and its histogram, and the DVHs
+    (their Fig. 7), from a live run record (:func:`run`); ``arm`` defaults to the lowest validation dose score."""
     import matplotlib.pyplot as plt
 
-    label = label or results.best("validation")
-    s = results.scores[label]["test"]["predictions"]
-    if not s:
-        raise ValueError("no kept prediction; run the experiment with keep >= 1")
-    s = s[0]
+    samples = record.get("live", {}).get("samples", {})
+    if not samples:
+        raise ValueError("the record holds no prediction (a recorded study keeps none): pass the record of a live run")
+    if arm is None:
+        val = record["extras"]["validation"]["dose_score"]
+        arm = min(samples, key=lambda a: val[a])
+    if arm not in samples:
+        raise ValueError(f"no arm {arm!r} in the record; it has {sorted(samples)}")
+    s = samples[arm]
     ref, pred, rois = s["reference"], s["prediction"], s["rois"]
     if ref.ndim == 3:   # OpenKBP (Y, X, Z): show the axial slice with the most PTV voxels
         ptv = sum(rois[n].astype(int) for n in TARGETS if n in rois)
@@ -648,7 +851,7 @@ def plot_sample(results: DVHLossResults, label: str | None = None, slice_index=N
     vmax = float(max(ref.max(), pred.max()))
     fig, axes = plt.subplots(1, 5, figsize=(22, 3.9))
     plotting.dose_slice(axes[0], sl(ref), masks, spacing=sp, vmax=vmax, title="reference", legend=False)
-    plotting.dose_slice(axes[1], sl(pred), masks, spacing=sp, vmax=vmax, title=f"predicted ({label})", legend=False)
+    plotting.dose_slice(axes[1], sl(pred), masks, spacing=sp, vmax=vmax, title=f"predicted ({arm})", legend=False)
     diff = sl(pred) - sl(ref)
     lim = float(np.abs(diff).max()) or 1.0
     im = axes[2].imshow(diff, cmap="RdBu_r", vmin=-lim, vmax=lim,
@@ -662,7 +865,7 @@ def plot_sample(results: DVHLossResults, label: str | None = None, slice_index=N
     axes[3].set_xlabel("voxel-wise difference (Gy)")
     axes[3].set_ylabel("voxels in the possible-dose mask")
     axes[3].set_yscale("log")
-    plotting.plot_dvh(axes[4], ref, rois, dose_pred=pred, labels=("reference", label))
+    plotting.plot_dvh(axes[4], ref, rois, dose_pred=pred, labels=("reference", arm))
     axes[4].legend(fontsize=6, ncol=2)
     fig.suptitle(f"{s['patient']}: dose error {dose_error(pred, ref, pdm):.2f} Gy")
     if fig.get_layout_engine() is None:

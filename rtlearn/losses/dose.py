@@ -108,6 +108,9 @@ class MaskedMSELoss(nn.Module):
     def forward(self, pred, target, mask=None):
         return masked_mse(pred, target, mask, self.batch_reduction)
 
+    def extra_repr(self) -> str:
+        return f"batch_reduction={self.batch_reduction!r}"
+
 
 class MaskedMAELoss(nn.Module):
     """Module form of :func:`masked_mae`; ``forward(pred, target, mask=None)``."""
@@ -118,3 +121,6 @@ class MaskedMAELoss(nn.Module):
 
     def forward(self, pred, target, mask=None):
         return masked_mae(pred, target, mask, self.batch_reduction)
+
+    def extra_repr(self) -> str:
+        return f"batch_reduction={self.batch_reduction!r}"

@@ -46,7 +46,7 @@ from torch import nn
 from ._checks import check_finite, check_positive_number, check_tensor, zero_loss
 from .dose import masked_mae
 
-__all__ = ["dvh_thresholds", "soft_dvh", "dvh_loss", "DVHLoss", "MAEPlusDVHLoss"]
+__all__ = ["dvh_thresholds", "soft_dvh", "dvh_loss", "DVHLoss", "mae_plus_dvh_loss", "MAEPlusDVHLoss"]
 
 DEFAULT_BINS = 64
 DEFAULT_RANGE = (0.0, 80.0)
@@ -284,9 +284,58 @@ class DVHLoss(nn.Module):
     def forward(self, pred, target, structures, available=None):
         return dvh_loss(pred, target, structures, available, **self.kwargs)
 
+    def extra_repr(self) -> str:
+        kw = self.kwargs
+        bins = kw["bins"] if isinstance(kw["bins"], numbers.Integral) else f"<{len(kw['bins'])} thresholds>"
+        out = f"bins={bins}, steepness={kw['steepness']:g}, dose_range={tuple(kw['dose_range'])}"
+        return out + (f", bin_width={kw['bin_width']:g}" if kw["bin_width"] is not None else "")
+
+
+def _check_weight(weight) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not np.isfinite(weight) or weight < 0:
+        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+    return float(weight)
+
+
+def mae_plus_dvh_loss(pred, target, dose_mask, structures, available=None, weight: float = 1.0,
+                      batch_reduction: str = "sample", **dvh_kwargs):
+    """The hybrid loss of Soomro et al. (DeepDoseNet): masked MAE plus ``weight`` times the DVH loss.
+
+    .. math:: L = \\mathrm{MAE}_{M_d}(D^{pred}, D^{true}) + w\\, L_{DVH}
+
+    with the MAE over the possible-dose mask :math:`M_d`
+    (:func:`~rtlearn.losses.dose.masked_mae`) and :math:`L_{DVH}` of :func:`dvh_loss`.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        Predicted and true doses (Gy), ``B x 1 x spatial`` (or ``B x spatial``).
+    dose_mask : torch.Tensor of bool
+        Possible-dose mask :math:`M_d` (see :func:`~rtlearn.losses.dose.masked_mae`).
+    structures, available
+        Structure masks ``B x S x spatial`` and optional ``B x S`` flags (see :func:`dvh_loss`).
+    weight : float
+        ``w >= 0`` (the paper's text gives no value). ``0`` gives the MAE alone
+        (the DVH term is then not evaluated).
+    batch_reduction : str
+        For the MAE term, see :func:`~rtlearn.losses.dose.masked_mae`.
+    **dvh_kwargs
+        Passed to :func:`dvh_loss` (bins, steepness, dose_range, bin_width, chunk_size).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss (Gy when the DVH term is weighted in Gy, e.g. ``w = 80`` for 0-80 Gy).
+    """
+    weight = _check_weight(weight)
+    mae = masked_mae(pred, target, dose_mask, batch_reduction)
+    if weight == 0:
+        return mae
+    return mae + weight * dvh_loss(pred, target, structures, available, **dvh_kwargs)
+
 
 class MAEPlusDVHLoss(nn.Module):
-    """MAE + w * DVH loss, the hybrid loss of Soomro et al. (DeepDoseNet).
+    """Module form of :func:`mae_plus_dvh_loss`, the hybrid loss of Soomro et al. (DeepDoseNet).
 
     .. math:: L = \\mathrm{MAE}_{M_d}(D^{pred}, D^{true}) + w\\, L_{DVH}
 
@@ -304,14 +353,13 @@ class MAEPlusDVHLoss(nn.Module):
 
     def __init__(self, weight: float = 1.0, batch_reduction: str = "sample", **dvh_kwargs):
         super().__init__()
-        if not isinstance(weight, numbers.Real) or not np.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-        self.weight = float(weight)
+        self.weight = _check_weight(weight)
         self.batch_reduction = batch_reduction
         self.dvh = DVHLoss(**dvh_kwargs)
 
     def forward(self, pred, target, dose_mask, structures, available=None):
-        mae = masked_mae(pred, target, dose_mask, self.batch_reduction)
-        if self.weight == 0:
-            return mae
-        return mae + self.weight * self.dvh(pred, target, structures, available)
+        return mae_plus_dvh_loss(pred, target, dose_mask, structures, available, weight=self.weight,
+                                 batch_reduction=self.batch_reduction, **self.dvh.kwargs)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight:g}, batch_reduction={self.batch_reduction!r}"

@@ -1,5 +1,8 @@
-"""Tests of the MSE / MAE / MAE+DVH experiment driver (rtlearn.experiments.dvh_loss)."""
+"""Tests of the MSE / MAE / MAE+DVH chapter module (rtlearn.experiments.dvh_loss)."""
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import matplotlib
 
@@ -10,65 +13,130 @@ import pytest
 import torch
 
 from rtlearn.experiments import dvh_loss as ex
-from rtlearn.metrics.openkbp import dose_score, dvh_score
-
-TINY = dict(n_train=4, n_val=2, n_test=3, shape=(32, 32), spacing=(8.0, 8.0), epochs=2, depth=2, width=4,
-            batch_size=2, n_jobs=1)
+from rtlearn.losses import MAEPlusDVHLoss, MaskedMAELoss, MaskedMSELoss
+from rtlearn.metrics.openkbp import dose_error, dvh_errors
+from rtlearn.metrics.stats import format_verdicts, judge
+from rtlearn.study import from_runs, validate_record
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = ex.DVHLossConfig(root=str(tmp_path_factory.mktemp("dvhloss")), **TINY)
+    cfg = ex.default_config("study", **ex.TINY, root=str(tmp_path_factory.mktemp("dvhloss")))
     data = ex.load_data(cfg, progress=False)
-    return cfg, data, ex.run_experiment(cfg, progress=False, data=data, keep=3)
+    return cfg, data, ex.run(cfg, seed=0, data=data, progress=False)
+
+
+def _comparable(record):
+    """The record without wall times and the in-memory part."""
+    hist = {a: [{k: v for k, v in r.items() if k != "seconds"} for r in h] for a, h in record["history"].items()}
+    return json.dumps({"cases": record["cases"], "metrics": record["metrics"], "history": hist,
+                       "extras": record["extras"]})
 
 
 # ---- configuration and bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw", [dict(source="dicom"), dict(dims=4), dict(n_test=1), dict(epochs=0),
-                                dict(losses=("L2",)), dict(losses=()), dict(lr=0.0), dict(dvh_weight=-1.0),
-                                dict(n_train=None), dict(steepness=0.0)])
+                                dict(arms=("L2",)), dict(arms=()), dict(arms=("MAE", "MAE")), dict(lr=0.0),
+                                dict(dvh_weight=-1.0), dict(n_train=None), dict(steepness=0.0),
+                                dict(early_stopping=0), dict(width=2.5), dict(batch_size=True)])
 def test_config_rejects_bad_values(kw):
     with pytest.raises(ValueError):
-        ex.DVHLossConfig(**kw)
+        ex.Config(**kw)
 
 
-def test_profiles(monkeypatch):
+def test_quick_profile_keeps_todays_sizes(monkeypatch):
     monkeypatch.setenv("RTLEARN_PROFILE", "quick")
     q = ex.default_config()
-    assert q.source == "phantom" and q.dims == 2 and q.losses == ex.LOSSES
-    monkeypatch.setenv("RTLEARN_PROFILE", "full")
-    f = ex.default_config()
+    assert q == ex.default_config("quick")
+    assert (q.source, q.dims, q.n_train, q.n_val, q.n_test, q.shape, q.spacing) == \
+        ("phantom", 2, 24, 6, 10, (64, 64), (4.0, 4.0))
+    assert (q.epochs, q.early_stopping, q.depth, q.width, q.batch_size, q.lr, q.weight_decay, q.plateau_patience) == \
+        (20, None, 3, 12, 4, 2e-3, 1e-4, 4)
+    assert (q.dvh_weight, q.dvh_bins, q.steepness, q.dose_range, q.data_seed) == (80.0, 64, 1.0, (0.0, 80.0), 0)
+    assert (q.n_seeds, q.bench_size) == (1, 64)
+    assert q.arms == ex.ARM_NAMES == ("MSE", "MAE", "MAE+DVH")
+
+
+def test_study_and_full_profiles():
+    s = ex.default_config("study")
+    q = ex.default_config("quick")
+    assert s.source == "phantom" and s.dims == 2 and s.arms == ex.ARM_NAMES
+    assert s.early_stopping is not None and s.epochs >= 5 * s.early_stopping
+    assert s.n_train >= 4 * q.n_train and s.n_test >= 5 * q.n_test and s.n_val >= 2 * q.n_val
+    assert s.n_seeds >= 3 and s.width >= q.width and s.plateau_patience < s.early_stopping
+    assert "min per seed" in ex.Config.__doc__
+    f = ex.default_config("full")
     assert f.source == "openkbp" and f.dims == 3 and f.n_train is None and f.epochs == 200 and f.batch_size == 2
-    assert ex.default_config(epochs=3).epochs == 3
+    assert f.lr == 1e-3 and f.width == 32 and f.bench_size == 128
+    assert ex.default_config("quick", epochs=3).epochs == 3
 
 
-def test_unknown_loss():
-    with pytest.raises(ValueError, match="unknown loss"):
-        ex.make_loss("Huber")
+def test_bad_profile_and_override_names_fail_clearly():
+    with pytest.raises(ValueError, match="not a profile"):
+        ex.default_config("huge")
+    with pytest.raises(ValueError, match="unknown dvh_loss setting"):
+        ex.default_config("quick", epoch=3)
+    with pytest.raises(ValueError, match="unknown dvh_loss setting"):
+        ex.default_config("quick", losses=("MSE",))
+
+
+def test_claims_reference_arms_and_record_metrics(tiny):
+    _, _, record = tiny
+    assert len(ex.CLAIMS) == 6
+    for c in ex.CLAIMS:
+        assert c.a in ex.ARMS and c.b in ex.ARMS and c.direction == "lower"
+        assert c.metric in record["metrics"][c.b]
+    # the paper's differences come from its Table 1 (B - A of the test scores)
+    c = next(c for c in ex.CLAIMS if (c.metric, c.a, c.b) == ("dose_error", "MAE", "MAE+DVH"))
+    assert c.paper == pytest.approx(2.0 - 3.5)
+    c = next(c for c in ex.CLAIMS if (c.metric, c.a, c.b) == ("dvh_error", "MSE", "MAE+DVH"))
+    assert c.paper == pytest.approx(1.6 - 3.0)
+    assert ex.paper_score("MAE", "validation", "dvh_score") == 2.4
+    with pytest.raises(ValueError):
+        ex.paper_score("MAE", "train", "dvh_score")
+
+
+def test_no_leaderboard_row_is_attributed_to_the_paper(tiny):
+    assert not hasattr(ex, "DEEPDOSENET_BLINDED")
+    assert not any("DeepDoseNet" in team for _, team, _, _ in ex.LEADERBOARD)
+    cfg, _, record = tiny
+    text = ex.leaderboard_table(from_runs("dvh_loss", "study", cfg, {0: record}))
+    for line in text.splitlines():
+        if "DeepDoseNet" in line and "ours" not in line:
+            assert "the paper's Table 1 (not a leaderboard entry)" in line
+    assert "probab" not in text.lower()
 
 
 # ---- losses by hand ------------------------------------------------------------------------------------------------
 def _batch():
     target = torch.tensor([[[[0.0, 10.0], [20.0, 30.0]]]])
     pred = torch.tensor([[[[1.0, 13.0], [20.0, 100.0]]]])
-    mask = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])
+    mask = torch.tensor([[[[True, True], [True, False]]]])
     st = torch.zeros(1, 10, 2, 2, dtype=torch.bool)
     st[0, 0, 0, :] = True
     return pred, {"target": target, "mask": mask, "structures": st}
 
 
-def test_losses_by_hand():
+def _arm_loss(name, cfg, pred, batch):
+    arm = ex.ARMS[name]
+    return arm.loss(cfg)(pred, *[batch[k] for k in arm.targets])
+
+
+def test_arms_are_loss_objects_and_match_by_hand_values():
+    cfg = ex.default_config("quick")
+    assert isinstance(ex.ARMS["MSE"].loss(cfg), MaskedMSELoss)
+    assert isinstance(ex.ARMS["MAE"].loss(cfg), MaskedMAELoss)
+    hybrid = ex.ARMS["MAE+DVH"].loss(cfg)
+    assert isinstance(hybrid, MAEPlusDVHLoss) and hybrid.weight == cfg.dvh_weight
+    assert hybrid.dvh.kwargs["bins"] == cfg.dvh_bins and hybrid.dvh.kwargs["steepness"] == cfg.steepness
     pred, b = _batch()
     # mask keeps errors 1, 3, 0 (the 70 Gy error is outside the mask)
-    assert float(ex.make_loss("MSE")(pred, b)) == pytest.approx((1 + 9 + 0) / 3)
-    assert float(ex.make_loss("MAE")(pred, b)) == pytest.approx((1 + 3 + 0) / 3)
-    cfg = ex.DVHLossConfig(dvh_weight=0.0)
-    assert float(ex.make_loss("MAE+DVH", cfg)(pred, b)) == pytest.approx(4 / 3)
-    hybrid = float(ex.make_loss("MAE+DVH", ex.DVHLossConfig(dvh_weight=80.0))(pred, b))
-    assert hybrid > 4 / 3 + 1e-3
+    assert float(_arm_loss("MSE", cfg, pred, b)) == pytest.approx((1 + 9 + 0) / 3)
+    assert float(_arm_loss("MAE", cfg, pred, b)) == pytest.approx((1 + 3 + 0) / 3)
+    assert float(_arm_loss("MAE+DVH", dataclasses.replace(cfg, dvh_weight=0.0), pred, b)) == pytest.approx(4 / 3)
+    assert float(_arm_loss("MAE+DVH", cfg, pred, b)) > 4 / 3 + 1e-3
     # identical doses: every term vanishes, and the DVH term is differentiable
     same = b["target"].clone().requires_grad_()
-    loss = ex.make_loss("MAE+DVH")(same, b)
+    loss = _arm_loss("MAE+DVH", cfg, same, b)
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
     loss.backward()
     assert same.grad is not None and torch.isfinite(same.grad).all()
@@ -136,65 +204,93 @@ def test_example_case_phantom():
     assert case["source"] == "phantom" and case["dose"].ndim == 2 and "PTV70" in case["rois"]
 
 
-# ---- the experiment on tiny phantoms ---------------------------------------------------------------------------------
-def test_run_experiment_scores_and_tables(tiny):
-    cfg, data, res = tiny
-    assert res.labels == list(ex.LOSSES)
-    for lab in res.labels:
-        for split, n in (("validation", 2), ("test", 3)):
-            s = res.scores[lab][split]
-            assert s["n"] == n and np.isfinite(s["dose_score"]) and np.isfinite(s["dvh_score"])
-            assert s["dose_score"] == pytest.approx(float(np.mean(s["dose_error"])))
-        assert len(res.histories[lab]["epoch"]) == 2
-    # our scores agree with the challenge-definition metrics called directly on the kept predictions
-    kept = res.scores["MAE"]["test"]["predictions"]
-    cases = ex._phantom_cases(data, "test")
-    assert dose_score([k["prediction"] for k in kept], [c["dose"] for c in cases],
-                      [c["possible_dose_mask"] for c in cases]) == pytest.approx(res.scores["MAE"]["test"]["dose_score"])
-    assert dvh_score([k["prediction"] for k in kept], [c["dose"] for c in cases], [c["rois"] for c in cases],
-                     [c["voxel_dimensions"] for c in cases]) == pytest.approx(res.scores["MAE"]["test"]["dvh_score"])
-    rows = ex.table1_rows(res)
-    assert len(rows) == 6 and rows[-1][-3:] == (1.6, 2.0, 100)
-    assert len(ex.score_tests(res)) == 6
-    st = ex.structure_table(res)
-    assert st and all(0 <= p <= 1 or np.isnan(p) for r in st for p in r[4].values())
-    lb = ex.leaderboard_rows(res)
-    assert lb[0][1] == 2.4294 and lb[-1][0] == "ours: DeepDoseNet MAE+DVH"
-    order = ex.ordering(res)
-    assert set(order) == {"dose_score", "dvh_score"}
-    assert res.best("validation") in ex.LOSSES
+# ---- one tiny seed ---------------------------------------------------------------------------------------------------
+def test_run_returns_a_valid_record_with_every_arm_and_metric(tiny):
+    cfg, data, record = tiny
+    validate_record(record)
+    assert list(record["metrics"]) == list(ex.ARM_NAMES) == list(record["history"]) == list(record["seconds"])
+    assert record["cases"] == [f"phantom_{i}" for i in range(6, 9)]
+    names = {"dose_error", "dvh_error"} | {ex.structure_metric(r, m) for r, m in ex.metric_names()}
+    for arm in ex.ARM_NAMES:
+        assert set(record["metrics"][arm]) == names
+        assert all(len(v) == 3 for v in record["metrics"][arm].values())
+        assert np.isfinite(record["metrics"][arm]["dose_error"]).all()
+        assert 1 <= len(record["history"][arm]) <= cfg.epochs and "val_mae_gy" in record["history"][arm][0]
+        assert record["seconds"][arm] > 0
+        val = record["extras"]["validation"]
+        assert len(val["dose_error"][arm]) == 2 and np.isfinite(val["dvh_score"][arm])
+    # the per-patient errors agree with the challenge's metrics called directly on the kept prediction
+    sample = record["live"]["samples"]["MAE"]
+    assert sample["patient"] == record["cases"][0]
+    assert record["metrics"]["MAE"]["dose_error"][0] == pytest.approx(
+        dose_error(sample["prediction"], sample["reference"], sample["possible_dose_mask"]))
+    errs = dvh_errors(sample["prediction"], sample["reference"], sample["rois"], (3.0, 8.0, 8.0))
+    assert record["metrics"]["MAE"]["dvh_error"][0] == pytest.approx(np.mean(list(errs.values())))
+    for (roi, metric), v in errs.items():
+        assert record["metrics"]["MAE"][ex.structure_metric(roi, metric)][0] == pytest.approx(v)
+    with pytest.raises(ValueError):
+        ex.structure_metric("Brainstem", "D_99")
 
 
-def test_run_experiment_is_deterministic(tiny):
-    cfg, data, res = tiny
-    again = ex.run_experiment(ex.DVHLossConfig(**{**cfg.__dict__, "losses": ("MAE+DVH",)}), progress=False, data=data)
-    assert again.scores["MAE+DVH"]["test"]["dose_score"] == res.scores["MAE+DVH"]["test"]["dose_score"]
-    np.testing.assert_array_equal(again.histories["MAE+DVH"]["train_loss"], res.histories["MAE+DVH"]["train_loss"])
+def test_run_is_deterministic_per_seed(tiny):
+    cfg, data, record = tiny
+    again = ex.run(cfg, seed=0, data=data, progress=False)
+    assert _comparable(again) == _comparable(record)
+    other = ex.run(dataclasses.replace(cfg, arms=("MAE",)), seed=1, data=data, progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(other["history"]["MAE"]) != strip(record["history"]["MAE"])
+    assert other["cases"] == record["cases"]          # the split does not depend on the seed
+    with pytest.raises(ValueError, match="seed"):
+        ex.run(cfg, seed=-1, data=data, progress=False)
+
+
+def test_tables_and_verdicts_from_a_live_run(tiny):
+    cfg, _, record = tiny
+    live = from_runs("dvh_loss", "study", cfg, {0: record})
+    s = ex.scores(live, "MAE", "test")
+    assert s["dose_score"][0] == pytest.approx(np.mean(record["metrics"]["MAE"]["dose_error"]))
+    assert ex.scores(live, "MAE", "validation")["dvh_score"][0] == record["extras"]["validation"]["dvh_score"]["MAE"]
+    t1 = ex.table1(live)
+    assert "| MAE+DVH | test |" in t1 and "| 1.60 | 2.00 | 100 |" in t1
+    rows = judge(live, ex.CLAIMS)
+    assert len(rows) == 6 and all(r["verdict"] in ("supported", "contradicted", "unresolved") for r in rows)
+    assert "Dose score" in ex.claims_table(live, rows) and "DVH score" in ex.claims_table(live, rows)
+    assert format_verdicts(rows).count("\n") == 5
+    st = ex.structure_table(live)
+    assert "PTV70 | D_95" in st and "p MSE vs MAE (Holm)" in st
+    whole = ex.tables(live, rows)
+    assert t1 in whole and ex.leaderboard_table(live) in whole
+    assert ex.best_arm(live) in ex.ARM_NAMES
+    with pytest.raises(ValueError):
+        ex.scores(live, "MAE", "train")
 
 
 def test_plots(tiny):
     import matplotlib.pyplot as plt
 
-    _, _, res = tiny
-    ex.plot_learning_curves(res)
-    ex.plot_structure_errors(res)
-    fig = ex.plot_sample(res, "MAE+DVH")
+    cfg, _, record = tiny
+    live = from_runs("dvh_loss", "study", cfg, {0: record, 1: record})
+    ex.plot_learning_curves(live)
+    ex.plot_structure_errors(live)
+    fig = ex.plot_sample(record, "MAE+DVH")
     assert len(fig.axes) >= 5
+    ex.plot_sample(record)
+    with pytest.raises(ValueError, match="live run"):
+        ex.plot_sample({k: v for k, v in record.items() if k != "live"})
     plt.close("all")
 
 
 # ---- the full-profile path on real data (2 training patients, skipped without the shared data) -----------------------
 def test_openkbp_path_constructs(shared_data):
     root = shared_data / "openkbp"
-    cfg = ex.DVHLossConfig(source="openkbp", dims=3, n_train=2, n_val=2, n_test=2, shape=None, spacing=None,
-                           inputs=("rois", "possible_dose_mask"), downsample=4, epochs=1, depth=3, width=4,
-                           batch_size=1, root=str(root), device="cpu")
+    cfg = ex.default_config("full", n_train=2, n_val=2, n_test=2, inputs=("rois", "possible_dose_mask"),
+                            downsample=4, epochs=1, depth=3, width=4, batch_size=1, num_workers=0, root=str(root),
+                            device="cpu", arms=("MAE+DVH",))
     data = ex.load_data(cfg, progress=False)
     item = data.train[0]
     assert item["input"].shape == (11, 32, 32, 32) and item["structures"].shape == (10, 32, 32, 32)
-    assert item["structures"].dtype == torch.bool
-    res = ex.run_experiment(cfg, progress=False, data=data)
-    for lab in ex.LOSSES:
-        s = res.scores[lab]["test"]
-        assert s["n"] == 2 and np.isfinite(s["dose_score"]) and np.isfinite(s["dvh_score"])
-        assert s["predictions"][0]["prediction"].shape == (128, 128, 128)
+    assert item["structures"].dtype == torch.bool and item["mask"].dtype == torch.bool
+    record = ex.run(cfg, seed=0, data=data, progress=False)
+    validate_record(record)
+    assert len(record["cases"]) == 2 and np.isfinite(record["metrics"]["MAE+DVH"]["dose_error"]).all()
+    assert record["live"]["samples"]["MAE+DVH"]["prediction"].shape == (128, 128, 128)

@@ -57,3 +57,8 @@ def test_masked_losses_bad_input():
         masked_mae(bad, pred)
     with pytest.raises(ValueError, match="batch_reduction"):
         masked_mae(pred, pred, batch_reduction="all")
+
+
+def test_masked_loss_objects_print_their_reduction():
+    assert repr(MaskedMSELoss()) == "MaskedMSELoss(batch_reduction='sample')"
+    assert repr(MaskedMAELoss("voxel")) == "MaskedMAELoss(batch_reduction='voxel')"

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rtlearn.losses import DVHLoss, MAEPlusDVHLoss, dvh_loss, dvh_thresholds, masked_mae, soft_dvh
+from rtlearn.losses.dvh import mae_plus_dvh_loss
 
 
 def _gen(seed):
@@ -142,3 +143,41 @@ def test_dvh_loss_is_deterministic_and_chunk_independent():
     b = dvh_loss(pred, target, structures)
     assert a.item() == pytest.approx(b.item(), rel=1e-12)
     assert dvh_loss(pred, target, structures).item() == b.item()
+
+
+def test_mae_plus_dvh_functional_matches_a_dense_reference_and_the_module():
+    """MAE over the mask + w * DVH loss, both computed by hand (per patient, then averaged)."""
+    pred, target, structures = _case(9)
+    g = _gen(10)
+    dose_mask = torch.rand(pred.shape, generator=g) > 0.3
+    t, b = dvh_thresholds(12, (0, 80), dtype=torch.float64)
+    mae, dvh = [], []
+    for bb in range(pred.shape[0]):
+        m = dose_mask[bb, 0]
+        mae.append((pred[bb, 0][m] - target[bb, 0][m]).abs().mean())
+        per_s = []
+        for s_ in range(structures.shape[1]):
+            sm = structures[bb, s_]
+            dp = torch.sigmoid((pred[bb, 0][sm][:, None] - t) / b).mean(0)
+            dt = torch.sigmoid((target[bb, 0][sm][:, None] - t) / b).mean(0)
+            per_s.append((dt - dp).abs().mean())
+        dvh.append(torch.stack(per_s).mean())
+    ref = torch.stack(mae).mean() + 80.0 * torch.stack(dvh).mean()
+    got = mae_plus_dvh_loss(pred, target, dose_mask, structures, weight=80.0, bins=12)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    module = MAEPlusDVHLoss(weight=80.0, bins=12)
+    assert module(pred, target, dose_mask, structures).item() == got.item()
+    assert mae_plus_dvh_loss(pred, target, dose_mask, structures, weight=0.0).item() == pytest.approx(
+        torch.stack(mae).mean().item(), rel=1e-12)
+    x = pred.clone().requires_grad_()
+    mae_plus_dvh_loss(x, target, dose_mask, structures, weight=80.0, bins=12).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for bad in (-1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="weight"):
+            mae_plus_dvh_loss(pred, target, dose_mask, structures, weight=bad)
+
+
+def test_loss_objects_print_their_settings():
+    text = repr(MAEPlusDVHLoss(weight=80.0, bins=64, steepness=1.0, dose_range=(0.0, 80.0)))
+    assert "weight=80" in text and "bins=64" in text and "dose_range=(0.0, 80.0)" in text
+    assert "bins=<3 thresholds>" in repr(DVHLoss(bins=[1.0, 2.0, 3.0]))
