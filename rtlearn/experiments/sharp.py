@@ -3,29 +3,44 @@ r"""The sharp-loss experiment of Bai et al. 2021 on phantom breast patients.
 A U-Net maps the single-channel ROI-value map of a left-sided breast patient
 (PTV 1.000, ipsilateral lung 0.833, heart 0.667, contralateral lung 0.500,
 spinal cord 0.333, other tissue 0.167, outside the body 0) to the dose divided
-by 60 Gy (the paper's 6000 cGy). One model is trained with the MSE,
+by 60 Gy (the paper's 6000 cGy). Each *arm* of the experiment is one loss
+object (:func:`arms`): the MSE,
 
 .. math:: \mathrm{MSE} = \frac{1}{n}\sum_i (Dp_i - D_i)^2 \quad \text{(Eq. 2 of Bai et al. 2021)},
 
-and one with the sharp loss for each :math:`\gamma` (Eq. 4, :func:`rtlearn.losses.sharp.sharp_loss`),
-all with the same data split, seed, Adam (lr :math:`10^{-3}`), batch 2 and a
-plateau decay of the learning rate (x0.1 after 5 epochs without improvement of
-the validation loss). The test predictions are then scored as in the paper's
-Tables 1-4 (MAD by region, dose band and ROI; Wilcoxon tests; clinical DVH
-metrics).
+as :class:`torch.nn.MSELoss`, and the sharp loss
+
+.. math:: \mathrm{SL} = \frac{1}{n}\sum_i \sigma\big(\gamma (D_i - 0.03)\big)\,(Dp_i - D_i)^2
+   \quad \text{(Eq. 4)}
+
+as :class:`rtlearn.losses.SharpLoss` for each :math:`\gamma` of the config. Every arm is
+trained by :func:`rtlearn.train.fit` from the same initial weights and batch
+order (both set by the run's seed), with Adam (lr :math:`10^{-3}`), batch 2 and
+a plateau decay of the learning rate (x0.1 after 5 epochs without improvement
+of the validation loss). The test predictions are scored per test case as in
+the paper's Tables 1-4 (MAD by region, dose band and ROI; clinical DVH metrics).
+
+The chapter's parts (the shape shared by every chapter module):
+
+* the paper's numbers: ``PAPER_TABLE1`` ... ``PAPER_TABLE4``, ``PAPER_IMBALANCE``, ``PAPER_GRADIENT``;
+* :class:`Config` and :func:`default_config` (profiles ``quick``, ``study``, ``full``);
+* :func:`load_data`, :func:`run` (one seed: every arm trained and scored), :data:`CLAIMS`;
+* :func:`tables` (from a :class:`rtlearn.study.Study`), the figures ``plot_*``, and :data:`TINY`.
 
 Typical use (the chapter "The sharp loss")::
 
     from rtlearn.experiments import sharp
-    cfg = sharp.default_config()          # quick (2D, CPU) or full (3D, paper scale) profile
-    res = sharp.run_experiment(cfg)
-    rows = sharp.table1(res)
+    from rtlearn.metrics.stats import judge, format_verdicts
+    from rtlearn.study import from_runs
 
-The paper's own numbers are kept in ``PAPER_TABLE1`` ... ``PAPER_TABLE4`` so that
-the chapter can print them beside ours, labelled as the paper's.
+    cfg = sharp.default_config()                       # the active profile
+    record = sharp.run(cfg, seed=0)
+    live = from_runs("sharp", "quick", cfg, {0: record})
+    sharp.tables(live)["Table 1"]
+    print(format_verdicts(judge(live, sharp.CLAIMS)))
 
-The same sweep runs on the OpenKBP head-and-neck data (``source="openkbp"``,
-:func:`load_openkbp`): a different site from the paper's breast patients. The
+The same arms run on the OpenKBP head-and-neck data (``source="openkbp"``,
+:func:`load_openkbp`), a different site from the paper's breast patients. The
 single-channel input is our adaptation of the paper's ROI map to head and neck
 (:data:`OPENKBP_ROI_VALUES`: PTV70 1.0, PTV63 0.9, PTV56 0.8, then the organs
 at risk at decreasing values, the rest of the possible-dose mask 0.1, outside
@@ -34,17 +49,21 @@ breast prescription; with 70 Gy H&N plans the normalised PTV70 dose is about
 1.17 and the sharp-loss demarcation dose :math:`D_0` sits lower relative to the
 prescription), the official train / validation / test split is kept, and
 patients without a reference dose are skipped. "Inside the body" then means
-inside OpenKBP's possible-dose mask.
+inside OpenKBP's possible-dose mask, and the OpenKBP challenge's dose and DVH
+errors replace the breast metrics of Table 4.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from dataclasses import dataclass, field, replace
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .. import dvh, plotting
@@ -52,22 +71,25 @@ from .._validate import check_dose, check_mask
 from ..config import pick
 from ..data.openkbp.dataset import OpenKBPDataset, find_openkbp, list_patients
 from ..data.openkbp.format import spacing_zyx
-from ..losses.sharp import sharp_loss
-from ..metrics import DOSE_BANDS_CGY, mad, mad_by_dose_band, mad_per_roi, mean_gradient_by_band, wilcoxon_summary
-from ..metrics.openkbp import dose_score, dvh_score
+from ..losses.sharp import SharpLoss
+from ..metrics import DOSE_BANDS_CGY, mad, mad_by_dose_band, mad_per_roi, mean_gradient_by_band
+from ..metrics.openkbp import dose_error, dvh_errors
+from ..metrics.stats import Claim, judge
 from ..models.unet import UNet
 from ..phantom import PhantomDoseDataset
 from ..rois import ROI_NAMES as OPENKBP_ROI_NAMES
-from ..train import Trainer
+from ..tables import Markdown, markdown_table
+from ..train import fit, seeded
 
 __all__ = [
     "NORM_GY", "PAPER_GAMMAS", "ROI_LABELS", "PAPER_IMBALANCE", "PAPER_TABLE1", "PAPER_GRADIENT", "PAPER_TABLE2",
-    "PAPER_TABLE3", "PAPER_TABLE4", "TABLE1_ROWS", "TABLE4_ROWS", "SharpConfig", "SharpData", "SharpResults",
-    "default_config", "load_data", "loss_label", "make_loss", "train_model", "predict", "dose_imbalance",
-    "run_experiment", "table1", "per_roi_mad", "table2", "table3", "table4", "select_best",
+    "PAPER_TABLE3", "PAPER_TABLE4", "TABLE1_ROWS", "TABLE4_ROWS", "BAND_ROWS", "MSE_ARM", "TABLE1_METRICS",
+    "Config", "default_config", "arm_label", "arms", "build_model", "SharpData", "load_data", "dose_imbalance",
+    "predict", "case_metrics", "reference_extras", "run", "CLAIMS", "TINY",
+    "table1", "table2", "table4", "validation_mad", "select_best", "openkbp_scores", "tables",
     "plot_training_curves", "plot_roi_boxplots", "plot_sample",
     "SOURCES", "OPENKBP_ROI_VALUES", "OPENKBP_BODY_VALUE", "OPENKBP_RX_GY", "OpenKBPRoiMapDataset", "OpenKBPSharpData",
-    "load_openkbp", "openkbp_scores",
+    "load_openkbp",
 ]
 
 #: Normalisation dose in Gy: Bai et al. divide the dose by 6000 cGy = 60 Gy.
@@ -153,23 +175,46 @@ PAPER_TABLE4 = {
 }
 
 
+#: Row names of Table 1 that are dose bands (MAD inside the body, bands of the true dose).
+BAND_ROWS = TABLE1_ROWS[3:10]
+#: Name of the MSE arm (the other arms are named by :func:`arm_label`).
+MSE_ARM = "MSE"
+#: Table 1 row -> the per-case metric of the run record behind it (every MAD and error in cGy).
+TABLE1_METRICS = {"Whole region": "MAD whole region", "Outside the body": "MAD outside the body",
+                  "Inside the body": "MAD inside the body", **{b: f"MAD {b}" for b in BAND_ROWS},
+                  "Std": "error SD inside the body"}
+
+
 # ---- configuration ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SharpConfig:
-    """Everything that defines one run of the experiment.
+class Config:
+    """Every size of one run of the experiment.
 
-    ``n_train + n_val + n_test`` phantom breast patients of dataset seed ``seed``
-    are split in this order (cases ``0 .. n_train-1`` train, and so on), so all
-    losses see the same split. ``gammas`` are the sharp-loss sharpness values
-    (an MSE model is always trained too). ``train_seed`` seeds weights and
-    shuffling, identical for every loss.
+    ``n_train + n_val + n_test`` phantom breast patients of dataset seed
+    ``data_seed`` are split in this order (cases ``0 .. n_train-1`` train, and so
+    on), so every arm and every training seed sees the same split. ``gammas``
+    are the sharp-loss sharpness values (an MSE arm is always trained too,
+    :func:`arms`). Training runs for at most ``epochs`` epochs, stops after
+    ``early_stopping`` epochs without a lower validation loss (``None``: never),
+    and keeps the weights of the best validation epoch. The training seed
+    (initial weights, batch order) is not part of the config: it is the
+    ``seed`` of :func:`run`.
 
     ``source="openkbp"`` uses OpenKBP instead (3D only): the first ``n_train``,
     ``n_val`` and ``n_test`` patients with a reference dose of the official
     train, validation and test splits (all of them if fewer), on the 128³ grid
     averaged over blocks of ``downsample`` voxels per axis; ``root`` is then the
     OpenKBP dataset folder (:func:`rtlearn.data.openkbp.find_openkbp`) and
-    ``shape``, ``spacing``, ``seed`` and ``n_jobs`` are unused.
+    ``shape``, ``spacing``, ``data_seed`` and ``n_jobs`` are unused.
+
+    Cost of one seed of the ``study`` profile (:func:`default_config`: 64 / 16 / 30
+    patients, 2D 128 x 128, the MSE and six gammas, at most 60 epochs, early
+    stopping 10) on one CPU thread, measured with 2-epoch runs of that config on
+    the 2-core book machine: 4.3 s per epoch (64 training and 16 validation
+    slices) and about 1.5 s per arm to predict and score the test patients,
+    hence at most 7 arms x (60 x 4.3 + 1.5) s = 30 minutes per seed, less when
+    early stopping ends an arm sooner. Generating the 110 phantoms (once per study, then
+    cached) took 3.6 minutes with 2 processes.
     """
 
     dims: int = 2
@@ -180,14 +225,14 @@ class SharpConfig:
     spacing: tuple | None = None
     gammas: tuple = (25.0, 100.0, 500.0)
     epochs: int = 15
+    early_stopping: int | None = None
     depth: int = 4
     width: int = 16
     batch_size: int = 2
     lr: float = 1e-3
     plateau_factor: float = 0.1
     plateau_patience: int = 5
-    seed: int = 0
-    train_seed: int = 0
+    data_seed: int = 0
     n_jobs: int = 1
     root: str | None = None
     device: str | None = None
@@ -204,57 +249,129 @@ class SharpConfig:
         if self.downsample not in (1, 2, 4, 8) or isinstance(self.downsample, bool):
             raise ValueError(f"downsample must be 1, 2, 4 or 8 (a divisor of OpenKBP's 128 grid), "
                              f"got {self.downsample!r}")
-        for name in ("n_train", "n_val", "n_test", "epochs", "depth", "width", "batch_size"):
+        for name in ("n_train", "n_val", "n_test", "epochs", "depth", "width", "batch_size", "plateau_patience",
+                     "n_jobs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        es = self.early_stopping
+        if es is not None and (isinstance(es, bool) or not isinstance(es, (int, np.integer)) or es < 1):
+            raise ValueError(f"early_stopping must be None or a positive number of epochs, got {es!r}")
+        ds = self.data_seed
+        if isinstance(ds, bool) or not isinstance(ds, (int, np.integer)) or ds < 0:
+            raise ValueError(f"data_seed must be a non-negative int, got {ds!r}")
         if self.n_test < 2:
             raise ValueError(f"n_test must be >= 2 for the paired Wilcoxon test, got {self.n_test}")
-        g = tuple(float(x) for x in self.gammas)
+        try:
+            g = tuple(float(x) for x in self.gammas)
+        except (TypeError, ValueError):
+            raise ValueError(f"gammas must be a sequence of numbers, got {self.gammas!r}") from None
         if not g or any(not np.isfinite(x) or x < 0 for x in g) or len(set(g)) != len(g):
             raise ValueError(f"gammas must be distinct finite numbers >= 0, got {self.gammas!r}")
         object.__setattr__(self, "gammas", g)
-        if not (self.lr > 0):
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (0 < self.plateau_factor < 1):
+            raise ValueError(f"plateau_factor must lie in (0, 1), got {self.plateau_factor!r}")
 
     @property
     def n_cases(self) -> int:
         return self.n_train + self.n_val + self.n_test
 
 
-def default_config(**overrides) -> SharpConfig:
-    """The configuration of the active profile (:func:`rtlearn.config.pick`).
+_FIELDS = tuple(f.name for f in dataclasses.fields(Config))
 
-    * quick: 2D breast slices (128 x 128 pixels of 3 mm), 32 train / 8 validation /
-      10 test patients, gamma in {25, 100, 500}, 30 epochs, a small U-Net (4 levels,
-      16 channels): about two minutes on a 2-core CPU.
-    * full: 3D breast volumes (64 x 128 x 128 at 4 x 3 x 3 mm), the paper's scale
-      of 100 training patients (90 to fit, 10 for the validation loss that drives
-      the learning-rate decay) and 10 test patients, all six gammas of the
-      paper, 60 epochs, a 5-level U-Net with 32 channels (as the paper's five
-      down-sampling levels); needs a GPU.
 
-    With ``source="openkbp"`` (head and neck, 3D only):
+def default_config(profile: str | None = None, **overrides) -> Config:
+    """The sizes of ``profile`` (``None``: the active profile, :func:`rtlearn.config.profile`).
 
-    * full: every OpenKBP patient with a dose of the official split (up to 200
-      train / 40 validation / 100 test) on the full 128³ grid, all six gammas,
-      40 epochs, the same 5-level U-Net with 32 channels; needs a GPU.
-    * quick: a CPU-sized stand-in (20 / 5 / 10 patients, grid averaged over 4³
-      blocks to 32³, gamma in {25, 100, 500}, 10 epochs, a 3-level U-Net with
+    Breast phantoms (the paper's site; ``source="phantom"``, the default):
+
+    * ``quick``: 2D breast slices (128 x 128 pixels of 3 mm), 32 train / 8
+      validation / 10 test patients, the MSE and gamma in {25, 100, 500}, 30
+      epochs, a small U-Net (4 levels, 16 channels): about two minutes on a
+      2-core CPU. A demonstration, one seed.
+    * ``study``: the same 2D slices and U-Net with 64 train / 16 validation /
+      30 test patients, the MSE and all six gammas of the paper, up to 60 epochs
+      with early stopping after 10 epochs without a lower validation loss: at
+      most about 30 minutes per seed on one CPU thread (measured, see
+      :class:`Config`). Record 3 to 5 seeds
+      (``python -m rtlearn.study sharp --profile study --seeds 0-4``).
+    * ``full``: 3D breast volumes (64 x 128 x 128 at 4 x 3 x 3 mm), the paper's
+      scale of 100 training patients (90 to fit, 10 for the validation loss that
+      drives the learning-rate decay) and 10 test patients, all six gammas of
+      the paper, 60 epochs, a 5-level U-Net with 32 channels (as the paper's
+      five down-sampling levels); needs a GPU.
+
+    OpenKBP head and neck (``source="openkbp"``, 3D only):
+
+    * ``full``: every OpenKBP patient with a dose of the official split (up to
+      200 train / 40 validation / 100 test) on the full 128³ grid, all six
+      gammas, 40 epochs, the same 5-level U-Net with 32 channels; needs a GPU.
+    * ``quick``: a CPU-sized stand-in (20 / 5 / 10 patients, grid averaged over
+      4³ blocks to 32³, gamma in {25, 100, 500}, 10 epochs, a 3-level U-Net with
       8 channels), only a smoke test of the pipeline, not a result.
+    * ``study``: none (a CPU cannot train an honest 3D head-and-neck model); a
+      clear error.
 
-    Keyword arguments override single fields.
+    Parameters
+    ----------
+    profile : {"quick", "study", "full"}, optional
+    **overrides
+        Fields of :class:`Config` to change (``source="openkbp"`` selects the
+        OpenKBP sizes first).
+
+    Raises
+    ------
+    ValueError
+        For an unknown profile or override name, or an invalid value.
     """
-    if overrides.get("source", "phantom") == "openkbp":
-        quick = SharpConfig(dims=3, source="openkbp", n_train=20, n_val=5, n_test=10, downsample=4, epochs=10,
-                            depth=3, width=8)
-        full = SharpConfig(dims=3, source="openkbp", n_train=200, n_val=40, n_test=100, gammas=PAPER_GAMMAS,
-                           epochs=40, depth=5, width=32)
+    unknown = sorted(set(overrides) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown Config field(s) {unknown}; the fields are {', '.join(_FIELDS)}")
+    source = overrides.get("source", "phantom")
+    if source == "openkbp":
+        quick = Config(dims=3, source="openkbp", n_train=20, n_val=5, n_test=10, downsample=4, epochs=10,
+                       depth=3, width=8)
+        full = Config(dims=3, source="openkbp", n_train=200, n_val=40, n_test=100, gammas=PAPER_GAMMAS,
+                      epochs=40, depth=5, width=32)
+        study = None
     else:
-        quick = SharpConfig(n_train=32, n_val=8, n_test=10, epochs=30, n_jobs=2)
-        full = SharpConfig(dims=3, n_train=90, n_val=10, n_test=10, gammas=PAPER_GAMMAS, epochs=60, depth=5,
-                           width=32, n_jobs=8)
-    return replace(pick(quick=quick, full=full), **overrides)
+        quick = Config(n_train=32, n_val=8, n_test=10, epochs=30, n_jobs=2)
+        study = Config(n_train=64, n_val=16, n_test=30, gammas=PAPER_GAMMAS, epochs=60, early_stopping=10, n_jobs=2)
+        full = Config(dims=3, n_train=90, n_val=10, n_test=10, gammas=PAPER_GAMMAS, epochs=60, depth=5,
+                      width=32, n_jobs=8)
+    base = pick(quick=quick, full=full, study=study, profile_name=profile)
+    if base is None:
+        raise ValueError("source='openkbp' has no study profile (a CPU cannot train an honest 3D head-and-neck "
+                         "model); use the quick profile for a smoke test or the full profile on a GPU")
+    return dataclasses.replace(base, **overrides)
+
+
+def arm_label(gamma) -> str:
+    """Name of the sharp-loss arm with sharpness ``gamma``: ``"SL γ=100"`` style."""
+    return f"SL γ={float(gamma):g}"
+
+
+def arms(cfg: Config) -> dict:
+    """The arms of the experiment: ``{name: loss object}``, the MSE first, then one sharp loss per gamma.
+
+    ``"MSE"`` is :class:`torch.nn.MSELoss` (Eq. 2 of Bai et al. 2021) and
+    ``"SL γ=g"`` is :class:`rtlearn.losses.SharpLoss` ``(gamma=g)`` (Eq. 4), both
+    on doses normalised by 60 Gy over the whole grid, as in the paper. Each is
+    called as ``loss(prediction, target)``.
+    """
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be a sharp.Config, got {type(cfg).__name__}")
+    return {MSE_ARM: nn.MSELoss(), **{arm_label(g): SharpLoss(gamma=g) for g in cfg.gammas}}
+
+
+def build_model(cfg: Config) -> UNet:
+    """The U-Net of the experiment (single-channel ROI map in, normalised dose out, linear output).
+
+    Build it inside :func:`rtlearn.train.seeded` so that every arm starts from the same weights.
+    """
+    return UNet(1, 1, dims=cfg.dims, depth=cfg.depth, width=cfg.width, norm="batch")
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -280,6 +397,10 @@ class SharpData:
         """Prescription dose in Gy (the phantoms' 50 Gy)."""
         return float(self.dataset.data["rx"][0])
 
+    def case_ids(self, indices) -> list:
+        """Ids of the cases ``indices`` in a run record: the dataset index of each phantom patient."""
+        return [int(i) for i in indices]
+
     def case_spacing(self, indices) -> list:
         """Voxel spacing (mm, array-axis order) of each case of ``indices`` (all equal for phantoms)."""
         return [self.spacing for _ in indices]
@@ -291,22 +412,25 @@ class SharpData:
         return d["dose"][idx, 0].astype(np.float64), d["body"][idx].astype(bool), d["rois"][idx].astype(bool)
 
 
-def load_data(config: SharpConfig, progress: bool = True) -> SharpData:
-    """Make (or load from the cache) the breast phantoms of ``config`` and split them.
+def load_data(cfg: Config, progress: bool = True) -> SharpData:
+    """Make (or load from the cache) the breast phantoms of ``cfg`` and split them.
 
-    With ``config.source == "openkbp"`` this returns :func:`load_openkbp` instead.
+    With ``cfg.source == "openkbp"`` this returns :func:`load_openkbp` instead. The split is fixed
+    by ``cfg`` alone (never by the training seed), so test cases pair across seeds.
 
     The input is the single-channel ROI-value map of Bai et al. 2021
     (``inputs="roi_map"`` of :class:`~rtlearn.phantom.PhantomDoseDataset`); the
     target is the dose divided by 60 Gy (= the paper's dose / 6000 cGy).
     """
-    if config.source == "openkbp":
-        return load_openkbp(config, progress)
-    ds = PhantomDoseDataset("breast", n=config.n_cases, seed=config.seed, dims=config.dims, shape=config.shape,
-                            spacing=config.spacing, inputs="roi_map", target_scale=NORM_GY, root=config.root,
-                            progress=progress, n_jobs=config.n_jobs)
-    a, b = config.n_train, config.n_train + config.n_val
-    idx = list(range(config.n_cases))
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be a sharp.Config, got {type(cfg).__name__}")
+    if cfg.source == "openkbp":
+        return load_openkbp(cfg, progress)
+    ds = PhantomDoseDataset("breast", n=cfg.n_cases, seed=cfg.data_seed, dims=cfg.dims, shape=cfg.shape,
+                            spacing=cfg.spacing, inputs="roi_map", target_scale=NORM_GY, root=cfg.root,
+                            progress=progress, n_jobs=cfg.n_jobs)
+    a, b = cfg.n_train, cfg.n_train + cfg.n_val
+    idx = list(range(cfg.n_cases))
     return SharpData(ds, idx[:a], idx[a:b], idx[b:])
 
 
@@ -387,6 +511,10 @@ class OpenKBPSharpData(SharpData):
         """OpenKBP patient ids of the cases ``indices``."""
         return [self.dataset.patient(i)[1] for i in indices]
 
+    def case_ids(self, indices) -> list:
+        """Ids of the cases ``indices`` in a run record: the OpenKBP patient ids."""
+        return self.patients(indices)
+
     def case_spacing(self, indices) -> list:
         f = self.dataset.downsample
         out = []
@@ -411,22 +539,22 @@ class OpenKBPSharpData(SharpData):
         return np.stack(doses), np.stack(bodies), np.stack(rois)
 
 
-def load_openkbp(config: SharpConfig, progress: bool = True) -> OpenKBPSharpData:
-    """OpenKBP's official train / validation / test patients for the experiment (``config.source == "openkbp"``).
+def load_openkbp(cfg: Config, progress: bool = True) -> OpenKBPSharpData:
+    """OpenKBP's official train / validation / test patients for the experiment (``cfg.source == "openkbp"``).
 
-    Takes the first ``config.n_train`` / ``n_val`` / ``n_test`` patients that have
+    Takes the first ``cfg.n_train`` / ``n_val`` / ``n_test`` patients that have
     a reference dose and a possible-dose mask in each official split (all if fewer;
     the others are skipped and named). Raises ``FileNotFoundError`` with download
     instructions (``python data_scripts/download_openkbp.py``) when the data are absent.
     """
-    root = find_openkbp(config.root)
+    root = find_openkbp(cfg.root)
     usable = None
     manifest = root / "manifest.json"
     if manifest.is_file():
         usable = {k for k, v in json.loads(manifest.read_text()).items()
                   if "dose_cgy" in v and "possible_dose_mask" in v}
     parts = []
-    for split, n in (("train", config.n_train), ("validation", config.n_val), ("test", config.n_test)):
+    for split, n in (("train", cfg.n_train), ("validation", cfg.n_val), ("test", cfg.n_test)):
         ids = list_patients(split, root)
         if usable is not None:
             missing = [p for p in ids if f"{split}/{p}" not in usable]
@@ -437,7 +565,7 @@ def load_openkbp(config: SharpConfig, progress: bool = True) -> OpenKBPSharpData
                                     progress=progress, verbose=progress))
     if len(parts[2]) < 2:
         raise ValueError(f"need at least 2 OpenKBP test patients with a dose, got {len(parts[2])}")
-    ds = OpenKBPRoiMapDataset(parts, downsample=config.downsample, cache=config.device not in (None, "cpu")
+    ds = OpenKBPRoiMapDataset(parts, downsample=cfg.downsample, cache=cfg.device not in (None, "cpu")
                               or torch.cuda.is_available())
     a, b = len(parts[0]), len(parts[0]) + len(parts[1])
     idx = list(range(len(ds)))
@@ -461,223 +589,14 @@ def dose_imbalance(dose_gy, body, threshold_gy: float = 5.0) -> dict:
             "n_voxels": int(b.size), "n_body": n_body}
 
 
-# ---- training --------------------------------------------------------------------------------------------
-def loss_label(gamma) -> str:
-    """``"MSE"`` for ``None``, else ``"SL γ=100"`` style labels."""
-    return "MSE" if gamma is None else f"SL γ={float(gamma):g}"
-
-
-def make_loss(gamma=None):
-    """Trainer loss ``f(pred, batch)`` on normalised doses over the whole grid (as the paper).
-
-    ``gamma=None`` gives the MSE (Eq. 2 of Bai et al. 2021), a number the sharp
-    loss (Eq. 4) with that sharpness.
-    """
-    if gamma is None:
-        def mse(pred, batch):
-            return F.mse_loss(pred, batch["target"])
-        return mse
-    gamma = float(gamma)
-    if not np.isfinite(gamma) or gamma < 0:
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-
-    def sharp(pred, batch):
-        return sharp_loss(pred, batch["target"], gamma)
-    sharp.__name__ = f"sharp_{gamma:g}"
-    return sharp
-
-
-def _mad_body_cgy(pred, batch):
-    """Validation metric comparable across losses: MAD inside the body in cGy."""
-    m = batch["mask"] > 0.5
-    return float((pred - batch["target"]).abs()[m].mean()) * NORM_GY * 100.0
-
-
-def train_model(gamma, data: SharpData, config: SharpConfig, progress: bool = True):
-    """Train one U-Net with the MSE (``gamma=None``) or the sharp loss; return ``(model, history, seconds)``.
-
-    Same initial weights and batch order for every loss (``config.train_seed``);
-    the weights of the epoch with the lowest validation loss are kept.
-    """
-    with torch.random.fork_rng(devices=[]):  # identical initial weights for every loss, global RNG untouched
-        torch.manual_seed(config.train_seed)
-        model = UNet(1, 1, dims=config.dims, depth=config.depth, width=config.width, norm="batch")
-    gen = torch.Generator().manual_seed(config.train_seed)
-    train_loader = DataLoader(Subset(data.dataset, data.train), batch_size=config.batch_size, shuffle=True,
-                              generator=gen, drop_last=len(data.train) >= 2 * config.batch_size)
-    val_loader = DataLoader(Subset(data.dataset, data.val), batch_size=config.batch_size)
-    trainer = Trainer(model, make_loss(gamma), lr=config.lr, scheduler="plateau",
-                      plateau_factor=config.plateau_factor, plateau_patience=config.plateau_patience,
-                      metrics={"val_mad_body_cgy": _mad_body_cgy}, seed=config.train_seed, progress=progress,
-                      device=config.device)
-    t0 = time.perf_counter()
-    history = trainer.fit(train_loader, config.epochs, val_loader)
-    return trainer.model, history, time.perf_counter() - t0
-
-
-@torch.no_grad()
-def predict(model, data: SharpData, indices, batch_size: int = 2) -> np.ndarray:
-    """Predicted dose in Gy (model output x 60 Gy) for the cases ``indices``, shape ``(N, *grid)``."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for batch in DataLoader(Subset(data.dataset, list(indices)), batch_size=batch_size):
-        out.append(model(batch["input"].to(device)).float().cpu().numpy()[:, 0])
-    return np.concatenate(out).astype(np.float64) * NORM_GY
-
-
-# ---- the whole experiment --------------------------------------------------------------------------------
-@dataclass
-class SharpResults:
-    """Test-set predictions and training records of every loss (doses in Gy)."""
-
-    config: SharpConfig
-    labels: list
-    gammas: dict
-    reference: np.ndarray
-    body: np.ndarray
-    rois: np.ndarray
-    roi_names: tuple
-    spacing: tuple
-    rx_gy: float
-    predictions: dict
-    histories: dict
-    val_mad_cgy: dict
-    seconds: dict = field(default_factory=dict)
-    case_spacing: list | None = None
-    patients: list | None = None
-
-    @property
-    def best_label(self) -> str:
-        """The sharp-loss model with the lowest validation MAD inside the body (chosen without the test set)."""
-        return select_best(self)
-
-    def roi_masks(self, case: int) -> dict:
-        """``{phantom ROI name: mask}`` of test case ``case``."""
-        return {n: self.rois[case, k] for k, n in enumerate(self.roi_names)}
-
-
-def run_experiment(config: SharpConfig | None = None, progress: bool = True, data: SharpData | None = None):
-    """Train the MSE model and one sharp-loss model per gamma; predict the test cases.
-
-    Returns a :class:`SharpResults`. The best gamma is selected on the
-    validation cases (MAD inside the body, cGy), never on the test cases.
-    """
-    config = default_config() if config is None else config
-    data = load_data(config, progress) if data is None else data
-    ref, body, rois = data.arrays(data.test)
-    vref, vbody, _ = data.arrays(data.val)
-    rx = data.rx_gy
-    labels, gammas, preds, hists, vals, secs = [], {}, {}, {}, {}, {}
-    for gamma in (None,) + tuple(config.gammas):
-        label = loss_label(gamma)
-        model, hist, sec = train_model(gamma, data, config, progress)
-        labels.append(label)
-        gammas[label] = gamma
-        preds[label] = predict(model, data, data.test, config.batch_size)
-        vp = predict(model, data, data.val, config.batch_size)
-        vals[label] = mad(vp, vref, vbody) * 100.0
-        hists[label] = hist
-        secs[label] = sec
-    pats = data.patients(data.test) if hasattr(data, "patients") else None
-    return SharpResults(config, labels, gammas, ref, body, rois, data.roi_names, data.spacing, rx, preds, hists,
-                        vals, secs, data.case_spacing(data.test), pats)
-
-
-def select_best(results: SharpResults) -> str:
-    """Label of the sharp-loss model with the lowest validation MAD inside the body."""
-    sharp = [lab for lab in results.labels if results.gammas[lab] is not None]
-    if not sharp:
-        raise ValueError("no sharp-loss model in the results")
-    return min(sharp, key=lambda lab: results.val_mad_cgy[lab])
-
-
-# ---- tables ----------------------------------------------------------------------------------------------
-def _band_name(lo, hi):
-    return f"> {lo:g} cGy" if not np.isfinite(hi) else f"{lo:g}-{hi:g} cGy"
-
-
-def table1(results: SharpResults) -> dict:
-    """Table 1 of Bai et al. 2021 on our test cases; MAD in cGy, voxels pooled over all test cases.
-
-    Returns ``{"rows": {row: {label: value}}, "gradient": {band row: cGy/mm}, "n": {row: voxels}}``.
-    Dose bands are taken inside the body on the reference dose; "Std" is the
-    standard deviation of the signed error (prediction - reference) inside the
-    body; the gradient column is the mean :math:`|\\nabla D|` of the reference in
-    each band (in-plane only for 2D slices).
-    """
-    ref = results.reference * 100.0
-    body = results.body
-    rows = {r: {} for r in TABLE1_ROWS}
-    counts = {"Whole region": ref.size, "Outside the body": int((~body).sum()), "Inside the body": int(body.sum())}
-    for lab in results.labels:
-        p = results.predictions[lab] * 100.0
-        rows["Whole region"][lab] = mad(p, ref)
-        rows["Outside the body"][lab] = mad(p, ref, ~body)
-        rows["Inside the body"][lab] = mad(p, ref, body)
-        for (lo, hi), v in mad_by_dose_band(p, ref, DOSE_BANDS_CGY, mask=body).items():
-            rows[_band_name(lo, hi)][lab] = v["mad"]
-            counts[_band_name(lo, hi)] = v["n"]
-        rows["Std"][lab] = float(np.std((p - ref)[body]))
-    # mean gradient per band: per case (the gradient needs the grid), pooled by voxel counts
-    grad_sum, grad_n = {}, {}
-    for c in range(ref.shape[0]):
-        sp = results.case_spacing[c] if results.case_spacing else results.spacing
-        g = mean_gradient_by_band(ref[c], sp, DOSE_BANDS_CGY, mask=body[c])
-        n = mad_by_dose_band(ref[c], ref[c], DOSE_BANDS_CGY, mask=body[c])
-        for key, val in g.items():
-            name = _band_name(*key)
-            if n[key]["n"]:
-                grad_sum[name] = grad_sum.get(name, 0.0) + val * n[key]["n"]
-                grad_n[name] = grad_n.get(name, 0) + n[key]["n"]
-    gradient = {name: grad_sum[name] / grad_n[name] if grad_n.get(name) else float("nan")
-                for name in (_band_name(lo, hi) for lo, hi in zip(DOSE_BANDS_CGY[:-1], DOSE_BANDS_CGY[1:]))}
-    return {"rows": rows, "gradient": gradient, "n": counts}
-
-
-def per_roi_mad(results: SharpResults) -> dict:
-    """``{label: {ROI name: array of per-test-case MAD (cGy)}}`` (NaN where a case lacks the ROI).
-
-    Phantom ROIs get the paper's names (:data:`ROI_LABELS`); OpenKBP ROIs keep OpenKBP's names.
-    """
-    names = ROI_LABELS if results.config.source == "phantom" else {}
-    out = {}
-    for lab in results.labels:
-        per = {names.get(n, n): [] for n in results.roi_names}
-        for c in range(results.reference.shape[0]):
-            vals = mad_per_roi(results.predictions[lab][c] * 100.0, results.reference[c] * 100.0,
-                               results.roi_masks(c))
-            for n, v in vals.items():
-                per[names.get(n, n)].append(v)
-        out[lab] = {k: np.asarray(v) for k, v in per.items()}
-    return out
-
-
-def table2(results: SharpResults) -> dict:
-    """Table 2 of Bai et al. 2021: ``{ROI: {label: mean MAD over test cases (cGy)}}``."""
-    per = per_roi_mad(results)
-    rois = list(next(iter(per.values())))
-    return {r: {lab: float(np.nanmean(per[lab][r])) if np.isfinite(per[lab][r]).any() else float("nan")
-                for lab in results.labels} for r in rois}
-
-
-def table3(results: SharpResults, label: str | None = None) -> dict:
-    """Table 3 of Bai et al. 2021: MSE vs one sharp-loss model (default: the best on validation).
-
-    ``{ROI: wilcoxon_summary(...)}`` with keys ``MSE_mean, MSE_sd, SL_mean, SL_sd, p, n`` and more
-    (MAD in cGy, two-sided Wilcoxon signed-rank test over the test cases). ROIs contoured
-    in fewer than two test cases (possible with OpenKBP) are left out.
-    """
-    label = results.best_label if label is None else label
-    if label not in results.predictions:
-        raise ValueError(f"no model {label!r}; have {results.labels}")
-    per = per_roi_mad(results)
-    return {r: wilcoxon_summary(per["MSE"][r], per[label][r], names=("MSE", "SL")) for r in per["MSE"]
-            if np.count_nonzero(np.isfinite(per["MSE"][r]) & np.isfinite(per[label][r])) >= 2}
+# ---- per-case metrics ----------------------------------------------------------------------------------------
+def _roi_label(name: str, source: str) -> str:
+    """The paper's name of a phantom ROI (:data:`ROI_LABELS`); OpenKBP ROIs keep OpenKBP's names."""
+    return ROI_LABELS.get(name, name) if source == "phantom" else name
 
 
 def _clinical(dose_gy, masks: dict, rx_gy: float) -> dict:
-    """The metrics of Table 4 of Bai et al. 2021 for one case (doses in cGy, volumes in %)."""
+    """The metrics of Table 4 of Bai et al. 2021 for one case (doses in cGy, volumes in %); NaN where undefined."""
     d = np.clip(dose_gy, 0.0, None)  # a linear output layer can give small negative doses
     out = {}
     ptv = masks.get("PTV")
@@ -702,70 +621,466 @@ def _clinical(dose_gy, masks: dict, rx_gy: float) -> dict:
     return {k: out.get(k, nan) for k in TABLE4_ROWS}
 
 
-def table4(results: SharpResults, labels=None) -> dict:
-    """Table 4 of Bai et al. 2021: ``{metric: {"Ground truth"|label: (mean, sd)}}`` over test cases.
+def case_metrics(pred_gy, ref_gy, body, masks: dict, *, rx_gy: float, spacing=None, source: str = "phantom") -> dict:
+    r"""Every per-case metric of the run record for one test case: ``{metric: float}`` (NaN where undefined).
 
-    HI = (D1 - D99) / Rx and CI = V(PTV and Rx)^2 / (V_PTV V_Rx) with Rx the
-    phantom's 50 Gy (the paper's 5000 cGy); negative predicted doses are set
-    to 0 before the DVH metrics.
+    MADs are :math:`\frac{1}{|R|}\sum_{i\in R}|\hat D_i - D_i|` in cGy (Tables 1-3 of
+    Bai et al. 2021): ``"MAD whole region"``, ``"MAD outside the body"``, ``"MAD
+    inside the body"``, ``"MAD <band>"`` for each dose band of the true dose inside
+    the body (:data:`BAND_ROWS`; NaN when the case has no voxel in the band),
+    ``"MAD <ROI>"`` per structure (the paper's names for phantoms, :data:`ROI_LABELS`;
+    NaN when the case lacks it). ``"mean error inside the body"`` and ``"error SD
+    inside the body"`` are the mean and the standard deviation (``ddof=0``) of the
+    signed error :math:`\hat D - D` inside the body (cGy). Breast phantoms add the
+    clinical metrics of Table 4 (:data:`TABLE4_ROWS`; predicted doses below 0 set
+    to 0); OpenKBP adds the challenge's ``"dose error (Gy)"`` (the dose score of
+    one patient, Babier et al. 2021) and ``"DVH error (Gy)"`` (the mean absolute
+    DVH-metric error of the patient).
+
+    Parameters
+    ----------
+    pred_gy, ref_gy : array_like
+        Predicted and true dose of one case (Gy), same shape.
+    body : array_like of bool
+        Body (OpenKBP: possible-dose) mask.
+    masks : dict
+        ``{ROI name: bool mask}`` with the dataset's names (phantom: ``PTV``, ``Lung_L`` ...).
+    rx_gy : float
+        Prescription (Gy) for HI and CI.
+    spacing : sequence of float, optional
+        Voxel size (mm); needed for OpenKBP's DVH error.
+    source : {"phantom", "openkbp"}
     """
-    if results.config.source != "phantom":
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    p = check_dose(pred_gy, "prediction", allow_negative=True) * 100.0
+    r = check_dose(ref_gy, "reference") * 100.0
+    b = check_mask(body, r.shape, name="body")
+    out = {TABLE1_METRICS["Whole region"]: mad(p, r),
+           TABLE1_METRICS["Outside the body"]: mad(p, r, ~b) if (~b).any() else float("nan"),
+           TABLE1_METRICS["Inside the body"]: mad(p, r, b)}
+    for (lo, hi), v in mad_by_dose_band(p, r, DOSE_BANDS_CGY, mask=b).items():
+        out[TABLE1_METRICS[_band_name(lo, hi)]] = v["mad"]
+    err = (p - r)[b]
+    out["mean error inside the body"] = float(err.mean())
+    out[TABLE1_METRICS["Std"]] = float(err.std())
+    for name, v in mad_per_roi(p, r, masks).items():
+        out[f"MAD {_roi_label(name, source)}"] = v
+    if source == "phantom":
+        out.update(_clinical(np.asarray(pred_gy, float), masks, rx_gy))
+    else:
+        pred = np.clip(np.asarray(pred_gy, float), 0.0, None) * b
+        out["dose error (Gy)"] = dose_error(pred, ref_gy, b)
+        present = {n: m for n, m in masks.items() if np.asarray(m).any()}
+        errs = list(dvh_errors(pred, ref_gy, present, spacing).values()) if present else []
+        out["DVH error (Gy)"] = float(np.mean(errs)) if errs else float("nan")
+    return out
+
+
+def reference_extras(reference_gy, body, masks: list, *, rx_gy: float, spacings: list,
+                     source: str = "phantom") -> dict:
+    """What the tables need of the test cases' true doses, whatever the arm (the run record's ``extras``).
+
+    Parameters are per test case: ``reference_gy`` and ``body`` stacked arrays,
+    ``masks`` a list of ``{ROI name: mask}`` and ``spacings`` a list of voxel sizes (mm).
+
+    Returns ``{"voxels": {Table 1 row: [voxels per case]}, "gradient": {band row: [mean |grad D| per case
+    (cGy/mm)]}}`` (the voxel counts pool the per-case MADs of Table 1 over all test voxels, as the
+    paper's Table 1 does), plus for breast phantoms ``"truth"``: ``{Table 4 metric: [value of the
+    true dose per case]}``, and for OpenKBP ``"dvh_metrics"``: the number of DVH metrics per case
+    (pools the challenge's DVH score).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    n = len(reference_gy)
+    if not (len(body) == len(masks) == len(spacings) == n):
+        raise ValueError(f"got {n} doses, {len(body)} body masks, {len(masks)} ROI dicts and {len(spacings)} "
+                         "spacings; pass one of each per test case")
+    voxels = {row: [] for row in TABLE1_ROWS[:-1]}
+    gradient = {row: [] for row in BAND_ROWS}
+    for c in range(n):
+        r = check_dose(reference_gy[c], "reference") * 100.0
+        b = check_mask(body[c], r.shape, name="body")
+        for row, v in (("Whole region", r.size), ("Outside the body", (~b).sum()), ("Inside the body", b.sum())):
+            voxels[row].append(int(v))
+        for key, v in mad_by_dose_band(r, r, DOSE_BANDS_CGY, mask=b).items():
+            voxels[_band_name(*key)].append(v["n"])
+        for key, g in mean_gradient_by_band(r, spacings[c], DOSE_BANDS_CGY, mask=b).items():
+            gradient[_band_name(*key)].append(g)
+    out = {"voxels": voxels, "gradient": gradient}
+    if source == "phantom":
+        truth = [_clinical(reference_gy[c], masks[c], rx_gy) for c in range(n)]
+        out["truth"] = {k: [t[k] for t in truth] for k in TABLE4_ROWS}
+    else:
+        present = [{k: m for k, m in masks[c].items() if np.asarray(m).any()} for c in range(n)]
+        out["dvh_metrics"] = [len(dvh_errors(reference_gy[c], reference_gy[c], present[c], spacings[c]))
+                              if present[c] else 0 for c in range(n)]
+    return out
+
+
+def _band_name(lo, hi) -> str:
+    return f"> {lo:g} cGy" if not np.isfinite(hi) else f"{lo:g}-{hi:g} cGy"
+
+
+# ---- one seed ------------------------------------------------------------------------------------------------
+def _mad_body_cgy(pred, batch):
+    """Validation metric comparable across losses: MAD inside the body in cGy."""
+    m = batch["mask"] > 0.5
+    return float((pred - batch["target"]).abs()[m].mean()) * NORM_GY * 100.0
+
+
+@torch.no_grad()
+def predict(model, data: SharpData, indices, batch_size: int = 2) -> np.ndarray:
+    """Predicted dose in Gy (model output x 60 Gy) for the cases ``indices``, shape ``(N, *grid)``."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for batch in DataLoader(Subset(data.dataset, list(indices)), batch_size=batch_size):
+        out.append(model(batch["input"].to(device)).float().cpu().numpy()[:, 0])
+    return np.concatenate(out).astype(np.float64) * NORM_GY
+
+
+def run(cfg: Config, seed: int, *, data: SharpData | None = None, progress: bool = True) -> dict:
+    """Train every arm of ``cfg`` (:func:`arms`) with training seed ``seed`` and score the test cases.
+
+    For each arm, ``seed`` sets the initial weights (the model is built inside
+    :func:`rtlearn.train.seeded`, so every arm starts from the same weights) and
+    the batch order (:func:`rtlearn.train.fit`); the split is fixed by ``cfg``.
+    The weights of the epoch with the lowest validation loss are kept.
+
+    Returns
+    -------
+    dict
+        The run record of :mod:`rtlearn.study`: ``cases`` (test-case ids),
+        ``metrics`` ``{arm: {metric: [one float per case]}}`` (:func:`case_metrics`),
+        ``history`` ``{arm: per-epoch records}`` (with the validation MAD inside the
+        body, ``val_mad_body_cgy``), ``seconds`` ``{arm: training and scoring time}``,
+        ``extras`` (small JSON: ``val_mad_body_cgy`` per arm, the validation MAD
+        inside the body in cGy of the kept weights, and :func:`reference_extras`)
+        and ``live`` (in memory only: the test arrays, the predictions in Gy and
+        the trained models, for :func:`plot_sample`).
+    """
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be a sharp.Config, got {type(cfg).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = int(seed)
+    data = load_data(cfg, progress) if data is None else data
+    ref, body, rois = data.arrays(data.test)
+    vref, vbody, _ = data.arrays(data.val)
+    spacings = data.case_spacing(data.test)
+    names = data.roi_names
+    masks = [{n: rois[c, k] for k, n in enumerate(names)} for c in range(len(ref))]
+    train, val = Subset(data.dataset, data.train), Subset(data.dataset, data.val)
+    metrics, history, seconds, val_mad, preds, models = {}, {}, {}, {}, {}, {}
+    for arm, loss in arms(cfg).items():
+        t0 = time.perf_counter()
+        with seeded(seed):
+            model = build_model(cfg)
+        result = fit(model, loss, train, val=val, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
+                     drop_last=len(data.train) >= 2 * cfg.batch_size, lr=cfg.lr, scheduler="plateau",
+                     plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
+                     early_stopping=cfg.early_stopping, metrics={"val_mad_body_cgy": _mad_body_cgy},
+                     device=cfg.device, progress=progress)
+        pred = predict(result.model, data, data.test, cfg.batch_size)
+        vpred = predict(result.model, data, data.val, cfg.batch_size)
+        val_mad[arm] = mad(vpred, vref, vbody) * 100.0
+        per_case = [case_metrics(pred[c], ref[c], body[c], masks[c], rx_gy=data.rx_gy, spacing=spacings[c],
+                                 source=cfg.source) for c in range(len(ref))]
+        metrics[arm] = {k: [pc[k] for pc in per_case] for k in per_case[0]}
+        history[arm] = result.history.records
+        seconds[arm] = time.perf_counter() - t0
+        preds[arm], models[arm] = pred, result.model
+    extras = {"val_mad_body_cgy": val_mad,
+              **reference_extras(ref, body, masks, rx_gy=data.rx_gy, spacings=spacings, source=cfg.source)}
+    live = {"reference": ref, "body": body, "rois": rois, "roi_names": names, "spacing": data.spacing,
+            "case_spacing": spacings, "rx_gy": data.rx_gy, "source": cfg.source, "predictions": preds,
+            "models": models, "val_mad_body_cgy": dict(val_mad)}
+    return {"cases": data.case_ids(data.test), "metrics": metrics, "history": history, "seconds": seconds,
+            "extras": extras, "live": live}
+
+
+# ---- the paper's claims ----------------------------------------------------------------------------------------
+def _paper_claims() -> tuple:
+    sl, col = arm_label(100.0), 1 + PAPER_GAMMAS.index(100.0)
+    mse_in, sl_in = PAPER_TABLE1["Inside the body"][0], PAPER_TABLE1["Inside the body"][col]
+    claims = [Claim("MAD inside the body", MSE_ARM, sl, "lower",
+                    f"Lower MAD inside the body with the sharp loss (γ = 100) than with the MSE; paper's Table 1: "
+                    f"{mse_in:.2f} → {sl_in:.2f} cGy", paper=round(sl_in - mse_in, 2))]
+    for roi, (mse, _, slv, _, p) in PAPER_TABLE3.items():
+        claims.append(Claim(f"MAD {roi}", MSE_ARM, sl, "lower",
+                            f"Lower {roi if roi == 'PTV' else roi.lower()} MAD with the sharp loss (γ = 100) than "
+                            f"with the MSE; paper's Table 3: {mse:.2f} → {slv:.2f} cGy, p = {p:g}",
+                            paper=round(slv - mse, 2)))
+    return tuple(claims)
+
+
+#: The paper's claims, tested by :func:`rtlearn.metrics.stats.judge` on the per-case MADs
+#: (MSE arm A, sharp loss with gamma = 100 arm B, "lower": B has the lower MAD). ``paper`` is the
+#: paper's difference of means (SL gamma=100 - MSE, cGy) from Table 1 (inside the body) and Table 3 (ROIs).
+CLAIMS = _paper_claims()
+
+#: Overrides that make ``default_config("study", **TINY)`` run one seed in a few seconds (tests).
+TINY = dict(n_train=4, n_val=2, n_test=3, shape=(32, 32), spacing=(12.0, 12.0), gammas=(25.0, 100.0), epochs=2,
+            depth=2, width=4, n_jobs=1)
+
+
+# ---- tables ------------------------------------------------------------------------------------------------------
+def _floats(values) -> np.ndarray:
+    """A JSON list (``None`` for NaN) as a float array."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _source(study) -> str:
+    return study.config.get("source", "phantom")
+
+
+def _pooled(values, weights) -> np.ndarray:
+    """Per seed: the mean of per-case values weighted by per-case voxel counts (NaN where nothing is left)."""
+    v = np.atleast_2d(np.asarray(values, float))
+    w = np.broadcast_to(np.asarray(weights, float), v.shape)
+    ok = np.isfinite(v) & (w > 0)
+    den = np.where(ok, w, 0.0).sum(axis=1)
+    num = np.where(ok, v * w, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _seed_means(values) -> np.ndarray:
+    """Per seed: the mean over the test cases where defined (NaN if none)."""
+    v = np.atleast_2d(np.asarray(values, float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(v, axis=1)
+
+
+def _cell(per_seed):
+    """One seed: the number; several: ``(mean, sd over seeds)`` (formatted ``mean ± sd`` by markdown_table)."""
+    x = np.asarray(per_seed, float)
+    if x.size == 1:
+        return float(x[0])
+    ok = x[np.isfinite(x)]
+    if ok.size == 0:
+        return float("nan")
+    return (float(ok.mean()), float(ok.std(ddof=1)) if ok.size > 1 else float("nan"))
+
+
+def table1(study) -> dict:
+    r"""Table 1 of Bai et al. 2021 from a study: MAD (cGy) by region and dose band, per seed.
+
+    Returns ``{"rows": {row: {arm: array over seeds}}, "gradient": {band row: cGy/mm}, "n": {row: voxels}}``.
+    For each seed, the per-case MADs are pooled over the voxels of all test cases
+    (weighted by each case's voxel count, as the paper pools its test set): the
+    MAD of all test voxels of the region. Dose bands are taken inside the body on
+    the true dose; "Std" is the standard deviation of the signed error inside the
+    body over all test voxels; the gradient column is the mean :math:`|\nabla D|`
+    of the true dose in each band (in-plane only for 2D slices).
+    """
+    ex = study.extras(study.seeds[0])
+    counts = {row: _floats(ex["voxels"][row]) for row in TABLE1_ROWS[:-1]}
+    rows = {r: {} for r in TABLE1_ROWS}
+    n_body = counts["Inside the body"]
+    for arm in study.arms:
+        for r in TABLE1_ROWS[:-1]:
+            rows[r][arm] = _pooled(study.metric(TABLE1_METRICS[r], arm), counts[r])
+        mu = study.metric("mean error inside the body", arm)
+        sd = study.metric(TABLE1_METRICS["Std"], arm)
+        m1 = (mu * n_body).sum(axis=1) / n_body.sum()
+        m2 = ((sd ** 2 + mu ** 2) * n_body).sum(axis=1) / n_body.sum()
+        rows["Std"][arm] = np.sqrt(np.maximum(m2 - m1 ** 2, 0.0))
+    gradient = {b: float(_pooled(_floats(ex["gradient"][b]), counts[b])[0]) for b in BAND_ROWS}
+    return {"rows": rows, "gradient": gradient, "n": {r: int(np.nansum(c)) for r, c in counts.items()}}
+
+
+def _roi_names(study) -> list:
+    return [m[4:] for m in study.metric_names if m.startswith("MAD ") and m not in TABLE1_METRICS.values()]
+
+
+def table2(study) -> dict:
+    """Table 2 of Bai et al. 2021: ``{ROI: {arm: array over seeds of the mean MAD over test cases (cGy)}}``."""
+    return {roi: {arm: _seed_means(study.metric(f"MAD {roi}", arm)) for arm in study.arms}
+            for roi in _roi_names(study)}
+
+
+def table4(study, arm_names=None) -> dict:
+    """Table 4 of Bai et al. 2021: ``{metric: {"Ground truth"|arm: (mean, sd) over test cases}}``.
+
+    Each test case's value is first averaged over seeds; mean and standard
+    deviation (``ddof=1``) are then taken over the test cases where the metric
+    is defined, as the paper's mean ± sd over its test patients. HI = (D1 - D99)
+    / Rx and CI = V(PTV and Rx)^2 / (V_PTV V_Rx) with Rx the phantom's 50 Gy (the
+    paper's 5000 cGy); negative predicted doses are set to 0 first.
+    """
+    if _source(study) != "phantom":
         raise ValueError("table4 holds the breast metrics of Bai et al.'s Table 4; for OpenKBP (head and neck) "
-                         "use openkbp_scores(results)")
-    labels = ["MSE", results.best_label] if labels is None else list(labels)
-    cols = {"Ground truth": results.reference, **{lab: results.predictions[lab] for lab in labels}}
+                         "use openkbp_scores(study)")
+    cols = [MSE_ARM, select_best(study)] if arm_names is None else list(arm_names)
+    truth = study.extras(study.seeds[0])["truth"]
     out = {k: {} for k in TABLE4_ROWS}
-    for col, doses in cols.items():
-        vals = np.array([[_clinical(doses[c], results.roi_masks(c), results.rx_gy)[k] for k in TABLE4_ROWS]
-                         for c in range(doses.shape[0])])
-        for j, k in enumerate(TABLE4_ROWS):
-            v = vals[:, j][np.isfinite(vals[:, j])]
+    for k in TABLE4_ROWS:
+        per_col = {"Ground truth": _floats(truth[k])}
+        for arm in cols:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_col[arm] = np.nanmean(study.metric(k, arm), axis=0)
+        for col, v in per_col.items():
+            v = v[np.isfinite(v)]
             out[k][col] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")) if v.size else \
                 (float("nan"), float("nan"))
     return out
 
 
-def openkbp_scores(results: SharpResults, labels=None) -> dict:
-    """OpenKBP's dose score and DVH score (Gy) of each model on the test patients (Babier et al. 2021).
+def validation_mad(study) -> dict:
+    """``{arm: array over seeds}``: validation MAD inside the body (cGy) of the kept weights."""
+    return {arm: np.array([study.extras(s)["val_mad_body_cgy"][arm] for s in study.seeds], dtype=float)
+            for arm in study.arms}
 
-    Returns ``{label: {"dose_score": Gy, "dvh_score": Gy}}`` computed with
-    :mod:`rtlearn.metrics.openkbp` (predictions multiplied by the possible-dose
-    mask and clipped at 0, as the challenge's baseline). With ``downsample > 1``
-    they are computed on the coarse grid and are not comparable with the
-    challenge's leaderboard.
+
+def select_best(study) -> str:
+    """The sharp-loss arm with the lowest validation MAD inside the body (mean over seeds); never the test set."""
+    sharp = [arm for arm in study.arms if arm != MSE_ARM]
+    if not sharp:
+        raise ValueError("no sharp-loss arm in the study")
+    val = validation_mad(study)
+    return min(sharp, key=lambda arm: float(np.mean(val[arm])))
+
+
+def openkbp_scores(study) -> dict:
+    """OpenKBP's dose score and DVH score (Gy) of each arm, per seed: ``{arm: {"dose_score": array, ...}}``.
+
+    The dose score is the mean over test patients of the per-patient dose error,
+    the DVH score the mean over every (patient, DVH metric) error (Babier et al.
+    2021), both with predictions multiplied by the possible-dose mask and clipped
+    at 0, as the challenge's baseline. With ``downsample > 1`` they are computed on
+    the coarse grid and are not comparable with the challenge's leaderboard.
     """
-    if results.config.source != "openkbp":
-        raise ValueError(f"openkbp_scores needs results of source='openkbp', got {results.config.source!r}")
-    labels = results.labels if labels is None else list(labels)
-    n = results.reference.shape[0]
-    rois = [{name: results.rois[c, k] for k, name in enumerate(results.roi_names) if results.rois[c, k].any()}
-            for c in range(n)]
+    if _source(study) != "openkbp":
+        raise ValueError(f"openkbp_scores needs a study of source='openkbp', got {_source(study)!r}")
+    n_dvh = _floats(study.extras(study.seeds[0])["dvh_metrics"])
+    return {arm: {"dose_score": _seed_means(study.metric("dose error (Gy)", arm)),
+                  "dvh_score": _pooled(study.metric("DVH error (Gy)", arm), n_dvh)} for arm in study.arms}
+
+
+def _fmt_p(p) -> str:
+    if p is None or not np.isfinite(p):
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _claims_table(study) -> str:
+    rows = []
+    for r in judge(study, CLAIMS):
+        metric = r["metric"][4:]  # "MAD PTV" -> "PTV"
+        paper = PAPER_TABLE3.get(metric)
+        if paper is None:  # inside the body: Table 1, no test in the paper
+            col = 1 + PAPER_GAMMAS.index(100.0)
+            paper = (PAPER_TABLE1["Inside the body"][0], None, PAPER_TABLE1["Inside the body"][col], None, None)
+        ours_a = r["a_seed_mean"] if not np.isfinite(r["a_seed_sd"]) else (r["a_seed_mean"], r["a_seed_sd"])
+        ours_b = r["b_seed_mean"] if not np.isfinite(r["b_seed_sd"]) else (r["b_seed_mean"], r["b_seed_sd"])
+        rows.append([metric[0].upper() + metric[1:], float(paper[0]) if paper[1] is None else (paper[0], paper[1]),
+                     float(paper[2]) if paper[3] is None else (paper[2], paper[3]), _fmt_p(paper[4]),
+                     ours_a, ours_b, f"{r['diff']:.2f} [{r['ci_lo']:.2f}, {r['ci_hi']:.2f}]", _fmt_p(r["p_adj"]),
+                     r["verdict"]])
+    return markdown_table(["MAD (cGy)", "paper: MSE", "paper: SL γ=100", "paper: p", "ours: MSE", "ours: SL γ=100",
+                           "ours: median difference [95 % CI]", "ours: p (Holm)", "verdict"], rows)
+
+
+def tables(study) -> dict:
+    """The chapter's tables from a study (live: :func:`rtlearn.study.from_runs`; recorded: ``load_study``).
+
+    Returns ``{name: Markdown}``, in this order:
+
+    * ``"Table 1"``: MAD (cGy) by region and dose band for every arm (:func:`table1`)
+      and the true dose gradient; ``"Table 1 (paper)"``: Bai et al.'s values;
+    * ``"Table 2"``: MAD per structure (:func:`table2`); ``"Table 2 (paper)"``;
+    * ``"Table 3"``: the paper's claims (:data:`CLAIMS`, MSE vs the sharp loss
+      with gamma = 100): the paper's means (± sd over its patients) and p, our
+      means over test cases, the median paired difference over test cases with
+      its bootstrap 95 % interval, the Holm-adjusted Wilcoxon p and the verdict
+      of :func:`rtlearn.metrics.stats.judge` (only when the study has both arms of the claims);
+    * ``"Table 4"``: clinical metrics, truth / MSE / SL gamma=100 / the arm chosen
+      on validation (:func:`table4`) beside the paper's;
+    * ``"Selection"``: validation and test MAD inside the body of every arm and
+      the gamma chosen on validation (descriptive, not a claim);
+
+    for OpenKBP, ``"Table 1"``, ``"Table 2"``, ``"OpenKBP scores"`` and ``"Selection"``.
+    Our numbers are, with one seed, that seed's; with several, mean ± sd over seeds
+    (Table 4: mean ± sd over test cases of the seed-averaged values).
+    """
+    src = _source(study)
     out = {}
-    for lab in labels:
-        preds = [np.clip(results.predictions[lab][c], 0.0, None) * results.body[c] for c in range(n)]
-        refs = list(results.reference)
-        out[lab] = {"dose_score": dose_score(preds, refs, list(results.body)),
-                    "dvh_score": dvh_score(preds, refs, rois, list(results.case_spacing))}
+    arm_names = study.arms
+    t1 = table1(study)
+    rows = [[r] + [_cell(t1["rows"][r][a]) for a in arm_names] + [t1["gradient"].get(r, float("nan"))]
+            for r in TABLE1_ROWS]
+    seeds = f", {len(study.seeds)} seeds" if len(study.seeds) > 1 else ""
+    head = f"**Ours** ({study.profile} profile{seeds})" if src == "phantom" else \
+        f"**OpenKBP, Table 1** ({study.profile} profile{seeds}): MAD (cGy)"
+    out["Table 1"] = Markdown(head + "\n\n" + markdown_table(["MAD (cGy)"] + arm_names + ["gradient (cGy/mm)"], rows))
+    t2 = table2(study)
+    rows2 = [[r] + [_cell(t2[r][a]) for a in arm_names] for r in t2]
+    head2 = "**Ours**: MAD per structure (cGy)" if src == "phantom" else "**OpenKBP, Table 2**: MAD per structure (cGy)"
+    if src == "phantom":
+        paper = [[r] + list(PAPER_TABLE1[r]) + [PAPER_GRADIENT.get(r, float("nan"))] for r in TABLE1_ROWS]
+        out["Table 1 (paper)"] = Markdown("**Bai et al. 2021, Table 1** (clinical 3D data)\n\n" + markdown_table(
+            ["MAD (cGy)", "MSE"] + [arm_label(g) for g in PAPER_GAMMAS] + ["gradient (cGy/mm)"], paper))
+    out["Table 2"] = Markdown(head2 + "\n\n" + markdown_table(["ROI"] + arm_names, rows2))
+    best = select_best(study)
+    if src == "phantom":
+        out["Table 2 (paper)"] = Markdown("**Bai et al. 2021, Table 2**\n\n" + markdown_table(
+            ["ROI", "MSE"] + [arm_label(g) for g in PAPER_GAMMAS], [[r] + list(v) for r, v in PAPER_TABLE2.items()]))
+        if all(c.a in arm_names and c.b in arm_names for c in CLAIMS):
+            out["Table 3"] = Markdown(_claims_table(study))
+        sl = arm_label(100.0)
+        cols = [MSE_ARM] + [a for a in (sl, best) if a in arm_names and a != MSE_ARM]
+        cols = list(dict.fromkeys(cols))
+        t4 = table4(study, cols)
+        fmt = lambda m: "–" if not np.isfinite(m[0]) else f"{m[0]:.2f} ± {m[1]:.2f}"  # noqa: E731
+        rows4 = [[k] + [fmt(t4[k][c]) for c in ["Ground truth"] + cols]
+                 + [fmt(PAPER_TABLE4[k][0:2]), fmt(PAPER_TABLE4[k][2:4]), fmt(PAPER_TABLE4[k][4:6])]
+                 for k in TABLE4_ROWS]
+        out["Table 4"] = Markdown(markdown_table(
+            ["metric", "ours: truth"] + [f"ours: {c}" for c in cols] + ["paper: truth", "paper: MSE",
+                                                                        "paper: SL γ=100"], rows4))
+    else:
+        sc = openkbp_scores(study)
+        out["OpenKBP scores"] = Markdown("**OpenKBP challenge scores** (Gy, lower is better)\n\n" + markdown_table(
+            ["arm", "dose score", "DVH score"], [[a, _cell(sc[a]["dose_score"]), _cell(sc[a]["dvh_score"])]
+                                                for a in arm_names]))
+    val = validation_mad(study)
+    sharp = [a for a in arm_names if a != MSE_ARM]
+    chosen = [min(sharp, key=lambda a, k=k: val[a][k]) for k in range(len(study.seeds))]
+    rows_s = [[a, _cell(val[a]), _cell(t1["rows"]["Inside the body"][a]),
+               f"{chosen.count(a)} of {len(chosen)}" if a != MSE_ARM else "–"] for a in arm_names]
+    out["Selection"] = Markdown(f"**γ chosen on the validation patients**: {best}\n\n" + markdown_table(
+        ["arm", "validation MAD inside the body (cGy)", "test MAD inside the body (cGy)", "chosen in seeds"],
+        rows_s))
     return out
 
 
-# ---- figures ---------------------------------------------------------------------------------------------
-def plot_training_curves(results: SharpResults, axes=None):
-    """Training and validation loss per loss function (their Fig. 1), plus the validation MAD inside the body.
+# ---- figures -----------------------------------------------------------------------------------------------------
+def plot_training_curves(study, seed=None, axes=None):
+    """Training and validation loss per arm (their Fig. 1), plus the validation MAD inside the body.
 
     Loss values of different losses are not on the same scale (the sharp loss
-    down-weights voxels), so the third panel shows a common yardstick.
+    down-weights voxels), so the third panel shows a common yardstick. ``seed``:
+    which recorded seed to draw (default: the first).
     """
     import matplotlib.pyplot as plt
 
+    seeds = study.seeds
+    k = 0 if seed is None else seeds.index(seed) if seed in seeds else None
+    if k is None:
+        raise ValueError(f"seed {seed!r} is not in the study (seeds {seeds})")
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
-    for lab in results.labels:
-        h = results.histories[lab]
-        ep = h["epoch"]
-        line, = axes[0].plot(ep, h["train_loss"], label=lab)
-        axes[1].plot(ep, h["val_loss"], color=line.get_color(), label=lab)
-        axes[2].plot(ep, h["val_mad_body_cgy"], color=line.get_color(), label=lab)
+    for arm in study.arms:
+        recs = study.histories(arm)[k]
+        ep = [r["epoch"] for r in recs]
+        get = lambda key: [np.nan if r.get(key) is None else r[key] for r in recs]  # noqa: E731
+        line, = axes[0].plot(ep, get("train_loss"), label=arm)
+        axes[1].plot(ep, get("val_loss"), color=line.get_color(), label=arm)
+        axes[2].plot(ep, get("val_mad_body_cgy"), color=line.get_color(), label=arm)
     for ax, t in zip(axes, ("training loss", "validation loss", "validation MAD inside the body")):
         ax.set_xlabel("epoch")
         ax.set_title(t)
@@ -778,26 +1093,30 @@ def plot_training_curves(results: SharpResults, axes=None):
     return axes
 
 
-def plot_roi_boxplots(results: SharpResults, ax=None):
-    """Box plots of the per-case MAD of each ROI for every loss (their Fig. 2)."""
+def plot_roi_boxplots(study, ax=None):
+    """Box plots of the per-case MAD (cGy) of each ROI for every arm (their Fig. 2); cases averaged over seeds."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 3.8))
-    per = per_roi_mad(results)
-    rois = list(next(iter(per.values())))
-    k = len(results.labels)
+    rois = _roi_names(study)
+    k = len(study.arms)
     w = 0.8 / k
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for j, lab in enumerate(results.labels):
-        data = [per[lab][r][np.isfinite(per[lab][r])] for r in rois]
+    for j, arm in enumerate(study.arms):
+        data = []
+        for r in rois:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                v = np.nanmean(study.metric(f"MAD {r}", arm), axis=0)
+            data.append(v[np.isfinite(v)])
         pos = np.arange(len(rois)) - 0.4 + w * (j + 0.5)
         bp = ax.boxplot(data, positions=pos, widths=w * 0.9, patch_artist=True, showfliers=True,
                         medianprops=dict(color="k"), flierprops=dict(markersize=3))
         for b in bp["boxes"]:
             b.set_facecolor(colors[j % len(colors)])
             b.set_alpha(0.75)
-        ax.plot([], [], "s", color=colors[j % len(colors)], label=lab)
+        ax.plot([], [], "s", color=colors[j % len(colors)], label=arm)
     ax.set_xticks(np.arange(len(rois)))
     ax.set_xticklabels(rois)
     ax.set_ylabel("MAD per test case (cGy)")
@@ -805,27 +1124,44 @@ def plot_roi_boxplots(results: SharpResults, ax=None):
     return ax
 
 
-def plot_sample(results: SharpResults, case: int = 0, labels=None, slice_index=None):
-    """Reference and predicted doses of one test case with their DVHs (their Fig. 4). Returns the figure."""
+def plot_sample(record: dict, case: int = 0, arm_names=None, slice_index=None):
+    """True and predicted doses of one test case with their DVHs (their Fig. 4). Returns the figure.
+
+    ``record`` is what :func:`run` returned (its in-memory ``live`` part holds the
+    arrays); ``arm_names`` default to the MSE and the sharp-loss arm with the lowest
+    validation MAD of this run. 3D cases show the axial slice through the
+    (highest) PTV's centre unless ``slice_index`` is given.
+    """
     import matplotlib.pyplot as plt
 
-    labels = ["MSE", results.best_label] if labels is None else list(labels)
-    if not 0 <= case < results.reference.shape[0]:
-        raise ValueError(f"case must be in [0, {results.reference.shape[0]}), got {case}")
-    names = ROI_LABELS if results.config.source == "phantom" else {}
-    masks = {names.get(n, n): m for n, m in results.roi_masks(case).items() if m.any()}
-    ref = results.reference[case]
-    preds = {lab: np.clip(results.predictions[lab][case], 0.0, None) for lab in labels}
+    live = record.get("live") if isinstance(record, dict) else None
+    if live is None:
+        raise ValueError("plot_sample needs the record returned by run() in this session (its 'live' arrays); "
+                         "a recorded study keeps no dose arrays")
+    val = live["val_mad_body_cgy"]
+    if arm_names is None:
+        sharp = [a for a in live["predictions"] if a != MSE_ARM]
+        arm_names = [MSE_ARM] + ([min(sharp, key=val.get)] if sharp else [])
+    labels = list(arm_names)
+    unknown = [a for a in labels if a not in live["predictions"]]
+    if unknown:
+        raise ValueError(f"no arm(s) {unknown}; the run has {list(live['predictions'])}")
+    n = live["reference"].shape[0]
+    if isinstance(case, bool) or not isinstance(case, (int, np.integer)) or not 0 <= case < n:
+        raise ValueError(f"case must be an int in [0, {n}), got {case!r}")
+    names, rois, body = live["roi_names"], live["rois"], live["body"]
+    masks = {_roi_label(nm, live["source"]): rois[case, k] for k, nm in enumerate(names) if rois[case, k].any()}
+    ref = live["reference"][case]
+    preds = {lab: np.clip(live["predictions"][lab][case], 0.0, None) for lab in labels}
     if ref.ndim == 3:  # 3D: show the slice through the (highest) PTV's centre unless told
-        ptvs = [k for k, n in enumerate(results.roi_names) if n.startswith("PTV") and results.rois[case, k].any()]
-        centre = results.rois[case, max(ptvs, key=lambda k: OPENKBP_ROI_VALUES.get(results.roi_names[k], 1.0))] \
-            if ptvs else results.body[case]
+        ptvs = [k for k, nm in enumerate(names) if nm.startswith("PTV") and rois[case, k].any()]
+        centre = rois[case, max(ptvs, key=lambda k: OPENKBP_ROI_VALUES.get(names[k], 1.0))] if ptvs else body[case]
         z = int(np.argwhere(centre).mean(axis=0)[0]) if slice_index is None else slice_index
         sl = lambda a: a[z]  # noqa: E731
-        sp2 = results.spacing[1:]
+        sp2 = tuple(live["case_spacing"][case])[1:]
     else:
         sl = lambda a: a  # noqa: E731
-        sp2 = results.spacing
+        sp2 = tuple(live["case_spacing"][case])
     vmax = max(float(ref.max()), *(float(p.max()) for p in preds.values()))
     fig, axes = plt.subplots(1, 2 + len(labels), figsize=(4.2 * (2 + len(labels)), 3.8))
     smasks = {n: sl(m) for n, m in masks.items()}

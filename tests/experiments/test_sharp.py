@@ -1,5 +1,8 @@
-"""Tests of the sharp-loss experiment driver (rtlearn.experiments.sharp)."""
+"""Tests of the sharp-loss chapter module (rtlearn.experiments.sharp)."""
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import matplotlib
 
@@ -12,52 +15,73 @@ import torch
 import torch.nn.functional as F
 
 from rtlearn.experiments import sharp
-from rtlearn.losses.sharp import sharp_loss
-
-TINY = dict(n_train=4, n_val=2, n_test=3, shape=(32, 32), spacing=(12.0, 12.0), gammas=(25.0, 100.0), epochs=2,
-            depth=2, width=4, n_jobs=1)
+from rtlearn.losses.sharp import SharpLoss
+from rtlearn.metrics.stats import judge
+from rtlearn.study import from_runs, validate_record
 
 
 @pytest.fixture(scope="module")
-def tiny_results(tmp_path_factory):
-    cfg = sharp.SharpConfig(root=str(tmp_path_factory.mktemp("sharp")), **TINY)
+def tiny(tmp_path_factory):
+    """One seed of ``default_config("study", **TINY)`` (and its data) on a temporary cache."""
+    cfg = sharp.default_config("study", root=str(tmp_path_factory.mktemp("sharp")), **sharp.TINY)
     data = sharp.load_data(cfg, progress=False)
-    return cfg, data, sharp.run_experiment(cfg, progress=False, data=data)
+    return cfg, data, sharp.run(cfg, 0, data=data, progress=False)
+
+
+def _without_times(record):
+    """The parts of a run record that must repeat exactly (wall times differ from run to run), as JSON text."""
+    hist = {a: [{k: v for k, v in r.items() if k != "seconds"} for r in h] for a, h in record["history"].items()}
+    return json.dumps({"cases": record["cases"], "metrics": record["metrics"], "history": hist,
+                       "extras": record["extras"]}, sort_keys=True)  # NaN -> "NaN": equal NaNs compare equal
 
 
 # ---- configuration and bad input ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kw", [dict(dims=4), dict(gammas=(-1.0,)), dict(gammas=()), dict(gammas=(1.0, 1.0)),
                                 dict(n_test=1), dict(epochs=0), dict(n_train=2.5), dict(lr=0.0),
-                                dict(gammas=(float("nan"),))])
+                                dict(gammas=(float("nan"),)), dict(early_stopping=0), dict(data_seed=-1),
+                                dict(plateau_factor=1.0), dict(gammas="abc")])
 def test_config_rejects_bad_values(kw):
     with pytest.raises(ValueError):
-        sharp.SharpConfig(**kw)
+        sharp.Config(**kw)
 
 
 def test_profiles(monkeypatch):
-    monkeypatch.setenv("RTLEARN_PROFILE", "quick")
-    q = sharp.default_config()
-    assert q.dims == 2 and 100.0 in q.gammas and q.batch_size == 2 and q.lr == 1e-3
-    monkeypatch.setenv("RTLEARN_PROFILE", "full")
-    f = sharp.default_config()
+    q = sharp.default_config("quick")   # today's quick sizes
+    assert (q.dims, q.n_train, q.n_val, q.n_test, q.epochs, q.gammas) == (2, 32, 8, 10, 30, (25.0, 100.0, 500.0))
+    assert (q.depth, q.width, q.batch_size, q.lr, q.early_stopping, q.data_seed) == (4, 16, 2, 1e-3, None, 0)
+    s = sharp.default_config("study")
+    assert s.dims == 2 and s.early_stopping is not None and s.epochs > q.epochs
+    assert {50.0, 100.0} <= set(s.gammas) <= set(sharp.PAPER_GAMMAS)
+    assert s.n_train > q.n_train and s.n_test >= 20 and (s.depth, s.width) == (q.depth, q.width)
+    f = sharp.default_config("full")
     assert f.dims == 3 and f.n_train + f.n_val == 100 and f.n_test == 10 and f.gammas == sharp.PAPER_GAMMAS
     assert f.plateau_factor == 0.1 and f.plateau_patience == 5 and f.batch_size == 2
-    assert sharp.default_config(epochs=3).epochs == 3
+    monkeypatch.setenv("RTLEARN_PROFILE", "full")
+    assert sharp.default_config() == f
+    monkeypatch.setenv("RTLEARN_PROFILE", "quick")
+    assert sharp.default_config() == q and sharp.default_config(epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="not a profile"):
+        sharp.default_config("huge")
+    with pytest.raises(ValueError, match="unknown Config field"):
+        sharp.default_config(train_seed=1)
+    with pytest.raises(ValueError, match="no study profile"):
+        sharp.default_config("study", source="openkbp")
 
 
-def test_make_loss_matches_definitions():
+def test_arms_are_the_papers_losses():
+    cfg = sharp.default_config("quick", gammas=(0.0, 25.0, 100.0))
+    arms = sharp.arms(cfg)
+    assert list(arms) == ["MSE", "SL γ=0", "SL γ=25", "SL γ=100"]
+    assert isinstance(arms["MSE"], torch.nn.MSELoss) and isinstance(arms["SL γ=100"], SharpLoss)
     g = torch.Generator().manual_seed(0)
     target = torch.rand(2, 1, 8, 8, generator=g)
     pred = torch.rand(2, 1, 8, 8, generator=g)
-    batch = {"target": target}
-    assert torch.equal(sharp.make_loss(None)(pred, batch), F.mse_loss(pred, target))
-    assert torch.allclose(sharp.make_loss(100)(pred, batch), sharp_loss(pred, target, 100.0))
-    w = torch.sigmoid((target - 0.03) * 25.0)  # independent: Eq. (4) written out
-    assert torch.allclose(sharp.make_loss(25)(pred, batch), (w * (pred - target) ** 2).mean())
-    assert torch.allclose(sharp.make_loss(0)(pred, batch), 0.5 * F.mse_loss(pred, target))
-    with pytest.raises(ValueError):
-        sharp.make_loss(-1.0)
-    assert sharp.loss_label(None) == "MSE" and sharp.loss_label(100) == "SL γ=100"
+    assert torch.equal(arms["MSE"](pred, target), F.mse_loss(pred, target))          # Eq. 2
+    w = torch.sigmoid((target - 0.03) * 25.0)                                         # Eq. 4 written out
+    assert torch.allclose(arms["SL γ=25"](pred, target), (w * (pred - target) ** 2).mean())
+    assert torch.allclose(arms["SL γ=0"](pred, target), 0.5 * F.mse_loss(pred, target))
+    with pytest.raises(TypeError):
+        sharp.arms({"gammas": (1.0,)})
 
 
 def test_dose_imbalance_brute_force():
@@ -78,16 +102,23 @@ def test_dose_imbalance_brute_force():
         sharp.dose_imbalance(np.full((20, 30), np.nan), body)
 
 
-def test_paper_constants_consistent():
+def test_paper_constants_and_claims():
     assert set(sharp.PAPER_TABLE1) == set(sharp.TABLE1_ROWS)
     assert set(sharp.PAPER_TABLE4) == set(sharp.TABLE4_ROWS)
     assert all(len(v) == 1 + len(sharp.PAPER_GAMMAS) for v in sharp.PAPER_TABLE1.values())
     assert set(sharp.PAPER_TABLE2) == set(sharp.PAPER_TABLE3) == set(sharp.ROI_LABELS.values())
     assert sharp.PAPER_TABLE2["Contralateral lung"][0] == sharp.PAPER_TABLE3["Contralateral lung"][0]
+    # the claims: gamma = 100 below the MSE inside the body and in each ROI, with the paper's differences
+    assert [c.metric for c in sharp.CLAIMS] == ["MAD inside the body"] + [f"MAD {r}" for r in sharp.PAPER_TABLE3]
+    assert all((c.a, c.b, c.direction) == ("MSE", "SL γ=100", "lower") for c in sharp.CLAIMS)
+    assert sharp.CLAIMS[0].paper == pytest.approx(154.15 - 186.55)
+    assert sharp.CLAIMS[1].paper == pytest.approx(144.15 - 318.87)
+    assert all(c.paper < 0 for c in sharp.CLAIMS)
 
 
-# ---- tables against independent computations on a hand-made result ------------------------------------------
-def _fake_results():
+# ---- per-case metrics and tables against independent computations on hand-made predictions ------------------
+def _fake_study(seeds=(0,)):
+    """A study of hand-made predictions on a hand-made test set (6 cases, 12 x 14 pixels of 3 mm)."""
     rng = np.random.default_rng(3)
     n, h, w = 6, 12, 14
     ref = np.zeros((n, h, w))
@@ -101,109 +132,184 @@ def _fake_results():
     rois[:, 2, 7:9, 4:8] = True            # Heart
     rois[:, 3, 2:4, 8:12] = True           # Lung_R
     rois[:-1, 4, 9, 6] = True              # SpinalCord: absent in the last case
-    preds = {"MSE": ref + rng.normal(0, 3, ref.shape), "SL γ=100": ref + rng.normal(0, 1, ref.shape),
-             "SL γ=500": ref + rng.normal(0, 2, ref.shape)}
-    cfg = sharp.SharpConfig(n_test=n, gammas=(100.0, 500.0))
-    return sharp.SharpResults(cfg, list(preds), {"MSE": None, "SL γ=100": 100.0, "SL γ=500": 500.0}, ref, body,
-                              rois, ("PTV", "Lung_L", "Heart", "Lung_R", "SpinalCord"), (3.0, 3.0), 50.0, preds,
-                              {}, {"MSE": 9.0, "SL γ=100": 5.0, "SL γ=500": 4.0})
+    names = ("PTV", "Lung_L", "Heart", "Lung_R", "SpinalCord")
+    masks = [{nm: rois[c, k] for k, nm in enumerate(names)} for c in range(n)]
+    spacings = [(3.0, 3.0)] * n
+    records, all_preds = {}, {}
+    for s in seeds:
+        preds = {"MSE": ref + rng.normal(0, 3, ref.shape), "SL γ=100": ref + rng.normal(0, 1, ref.shape),
+                 "SL γ=500": ref + rng.normal(0, 2, ref.shape)}
+        metrics = {a: {} for a in preds}
+        for a, p in preds.items():
+            per = [sharp.case_metrics(p[c], ref[c], body[c], masks[c], rx_gy=50.0) for c in range(n)]
+            metrics[a] = {k: [pc[k] for pc in per] for k in per[0]}
+        extras = {"val_mad_body_cgy": {"MSE": 9.0, "SL γ=100": 5.0 - 2.5 * s, "SL γ=500": 4.0},
+                  **sharp.reference_extras(ref, body, masks, rx_gy=50.0, spacings=spacings)}
+        records[s] = {"cases": list(range(n)), "metrics": metrics, "history": {a: [] for a in preds},
+                      "seconds": {a: 1.0 for a in preds}, "extras": extras}
+        all_preds[s] = preds
+    cfg = sharp.Config(n_test=n, gammas=(100.0, 500.0))
+    return from_runs("sharp", "quick", cfg, records), ref, body, rois, all_preds
 
 
-def test_table1_brute_force():
-    r = _fake_results()
-    t = sharp.table1(r)
-    ref, p, body = r.reference * 100, r.predictions["SL γ=100"] * 100, r.body
-    err = np.abs(p - ref)
-    assert t["rows"]["Whole region"]["SL γ=100"] == pytest.approx(err.mean())
-    assert t["rows"]["Outside the body"]["SL γ=100"] == pytest.approx(err[~body].mean())
-    assert t["rows"]["Inside the body"]["SL γ=100"] == pytest.approx(err[body].mean())
-    sel = body & (ref >= 2000) & (ref < 3000)
-    assert t["rows"]["2000-3000 cGy"]["SL γ=100"] == pytest.approx(err[sel].mean())
-    sel = body & (ref >= 5000)
-    assert t["rows"]["> 5000 cGy"]["SL γ=100"] == pytest.approx(err[sel].mean())
-    assert t["rows"]["Std"]["SL γ=100"] == pytest.approx(np.std((p - ref)[body]))
+def test_case_metrics_brute_force():
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 60, (10, 12))
+    body = np.zeros((10, 12), bool)
+    body[2:8, 2:10] = True
+    ref[~body] = 0.0
+    pred = ref + rng.normal(0, 2, ref.shape)
+    ptv = np.zeros_like(body)
+    ptv[3:5, 3:6] = True
+    m = sharp.case_metrics(pred, ref, body, {"PTV": ptv, "Heart": np.zeros_like(body)}, rx_gy=50.0)
+    e = (pred - ref) * 100
+    assert m["MAD whole region"] == pytest.approx(np.abs(e).mean())
+    assert m["MAD outside the body"] == pytest.approx(np.abs(e[~body]).mean())
+    assert m["MAD inside the body"] == pytest.approx(np.abs(e[body]).mean())
+    sel = body & (ref * 100 >= 1000) & (ref * 100 < 2000)
+    assert m["MAD 1000-2000 cGy"] == pytest.approx(np.abs(e[sel]).mean())
+    assert m["mean error inside the body"] == pytest.approx(e[body].mean())
+    assert m["error SD inside the body"] == pytest.approx(e[body].std())
+    assert m["MAD PTV"] == pytest.approx(np.abs(e[ptv]).mean()) and np.isnan(m["MAD Heart"])
+    assert m["PTV D95 (cGy)"] == pytest.approx(100 * np.percentile(np.clip(pred, 0, None)[ptv], 5))
+    assert np.isnan(m["Heart mean (cGy)"])
+    with pytest.raises(ValueError):
+        sharp.case_metrics(pred, ref, body[:5], {}, rx_gy=50.0)
+    with pytest.raises(ValueError):
+        sharp.case_metrics(pred, ref, body, {}, rx_gy=50.0, source="prostate")
+
+
+def test_table1_pools_the_test_voxels():
+    st, ref, body, _, preds = _fake_study()
+    t = sharp.table1(st)
+    ref_c, p = ref * 100, preds[0]["SL γ=100"] * 100
+    err = np.abs(p - ref_c)
+    row = lambda r: float(t["rows"][r]["SL γ=100"][0])  # noqa: E731
+    assert row("Whole region") == pytest.approx(err.mean())
+    assert row("Outside the body") == pytest.approx(err[~body].mean())
+    assert row("Inside the body") == pytest.approx(err[body].mean())
+    sel = body & (ref_c >= 2000) & (ref_c < 3000)
+    assert row("2000-3000 cGy") == pytest.approx(err[sel].mean())
+    sel = body & (ref_c >= 5000)
+    assert row("> 5000 cGy") == pytest.approx(err[sel].mean())
+    assert row("Std") == pytest.approx(np.std((p - ref_c)[body]))
     # gradient: pooled over cases, central differences with 3 mm spacing
-    g = np.stack([np.hypot(*np.gradient(ref[c], 3.0, 3.0)) for c in range(ref.shape[0])])
-    sel = body & (ref >= 1000) & (ref < 2000)
+    g = np.stack([np.hypot(*np.gradient(ref_c[c], 3.0, 3.0)) for c in range(ref.shape[0])])
+    sel = body & (ref_c >= 1000) & (ref_c < 2000)
     assert t["gradient"]["1000-2000 cGy"] == pytest.approx(g[sel].mean())
     assert t["n"]["Inside the body"] == body.sum()
 
 
 def test_tables_2_3_and_selection():
-    r = _fake_results()
-    assert r.best_label == "SL γ=500"          # lowest validation MAD, not the lowest test error
-    per = sharp.per_roi_mad(r)
-    ptv = r.rois[:, 0]
-    direct = [np.abs(r.predictions["MSE"][c] - r.reference[c])[ptv[c]].mean() * 100 for c in range(6)]
-    np.testing.assert_allclose(per["MSE"]["PTV"], direct)
-    assert np.isnan(per["MSE"]["Spinal cord"][-1])
-    t2 = sharp.table2(r)
-    assert t2["PTV"]["MSE"] == pytest.approx(np.mean(direct))
-    t3 = sharp.table3(r, "SL γ=100")
-    p_ref = scipy.stats.wilcoxon(per["MSE"]["Heart"], per["SL γ=100"]["Heart"]).pvalue
-    assert t3["Heart"]["p"] == pytest.approx(p_ref)
-    assert t3["Spinal cord"]["n"] == 5
-    with pytest.raises(ValueError):
-        sharp.table3(r, "SL γ=7")
+    st, ref, _, rois, preds = _fake_study()
+    assert sharp.select_best(st) == "SL γ=500"          # lowest validation MAD, not the lowest test error
+    ptv = rois[:, 0]
+    direct = [np.abs(preds[0]["MSE"][c] - ref[c])[ptv[c]].mean() * 100 for c in range(6)]
+    np.testing.assert_allclose(st.metric("MAD PTV", "MSE")[0], direct)
+    assert np.isnan(st.metric("MAD Spinal cord", "MSE")[0, -1])
+    t2 = sharp.table2(st)
+    assert list(t2) == list(sharp.ROI_LABELS.values())
+    assert t2["PTV"]["MSE"][0] == pytest.approx(np.mean(direct))
+    rows = {r["metric"]: r for r in judge(st, sharp.CLAIMS)}
+    heart = [st.metric("MAD Heart", a)[0] for a in ("MSE", "SL γ=100")]
+    assert rows["MAD Heart"]["p"] == pytest.approx(scipy.stats.wilcoxon(heart[1] - heart[0]).pvalue)
+    assert rows["MAD Spinal cord"]["n_cases"] == 5
+    tabs = sharp.tables(st)
+    assert list(tabs) == ["Table 1", "Table 1 (paper)", "Table 2", "Table 2 (paper)", "Table 3", "Table 4",
+                          "Selection"]
+    assert "| PTV | 318.87 ± 30.23 | 144.15 ± 16.27 | 0.005 |" in tabs["Table 3"]
+    assert f"| Inside the body | {sharp.PAPER_TABLE1['Inside the body'][0]:.2f} |" in tabs["Table 3"]
+    assert "**γ chosen on the validation patients**: SL γ=500" in tabs["Selection"]
+    # one seed: our cells are plain numbers; two seeds: mean ± sd over seeds
+    assert f"| Inside the body | {float(sharp.table1(st)['rows']['Inside the body']['MSE'][0]):.2f} |" \
+        in tabs["Table 1"]
+    two = sharp.tables(_fake_study(seeds=(0, 1))[0])
+    assert "2 seeds" in two["Table 1"] and " ± " in two["Table 2"].splitlines()[4]
+    assert "1 of 2" in two["Selection"] and "patients**: SL γ=100" in two["Selection"]
 
 
 def test_table4_direct():
-    r = _fake_results()
-    t = sharp.table4(r, labels=["MSE"])
-    d95 = [np.percentile(r.reference[c][r.rois[c, 0]], 5) * 100 for c in range(6)]
+    st, ref, _, rois, preds = _fake_study()
+    t = sharp.table4(st, ["MSE"])
+    d95 = [np.percentile(ref[c][rois[c, 0]], 5) * 100 for c in range(6)]
     assert t["PTV D95 (cGy)"]["Ground truth"][0] == pytest.approx(np.mean(d95))
     assert t["PTV D95 (cGy)"]["Ground truth"][1] == pytest.approx(np.std(d95, ddof=1))
-    lungs = r.rois[:, 1] | r.rois[:, 3]
-    v20 = [100 * np.mean(np.clip(r.predictions["MSE"][c], 0, None)[lungs[c]] >= 20) for c in range(6)]
+    lungs = rois[:, 1] | rois[:, 3]
+    v20 = [100 * np.mean(np.clip(preds[0]["MSE"][c], 0, None)[lungs[c]] >= 20) for c in range(6)]
     assert t["Whole lung V20 (%)"]["MSE"][0] == pytest.approx(np.mean(v20))
-    heart = [r.reference[c][r.rois[c, 2]].mean() * 100 for c in range(6)]
+    heart = [ref[c][rois[c, 2]].mean() * 100 for c in range(6)]
     assert t["Heart mean (cGy)"]["Ground truth"][0] == pytest.approx(np.mean(heart))
+    with pytest.raises(ValueError, match="openkbp_scores"):
+        sharp.openkbp_scores(st)
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------
-def test_run_experiment_2d(tiny_results):
-    cfg, data, res = tiny_results
-    assert res.labels == ["MSE", "SL γ=25", "SL γ=100"]
-    assert res.reference.shape == res.predictions["MSE"].shape == (3, 32, 32)
-    assert res.rx_gy == 50.0
+def test_run_record(tiny):
+    cfg, data, rec = tiny
+    validate_record(rec)
+    assert list(rec["metrics"]) == ["MSE", "SL γ=25", "SL γ=100"] == list(sharp.arms(cfg))
+    assert rec["cases"] == data.test and len(rec["cases"]) == cfg.n_test
+    for c in sharp.CLAIMS:   # the claims name arms and metrics the record has
+        assert c.a in rec["metrics"] and c.b in rec["metrics"] and c.metric in rec["metrics"][c.a]
+    for name in ["MAD inside the body", "MAD PTV", "MAD 0-500 cGy", *sharp.TABLE4_ROWS]:
+        assert name in rec["metrics"]["MSE"]
+    live = rec["live"]
+    assert live["reference"].shape == live["predictions"]["MSE"].shape == (3, 32, 32) and live["rx_gy"] == 50.0
     # targets are dose / 60 Gy, the paper's dose / 6000 cGy
     item = data.dataset[data.test[0]]
-    np.testing.assert_allclose(item["target"][0].numpy() * 60.0, res.reference[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(item["target"][0].numpy() * 60.0, live["reference"][0], rtol=1e-5, atol=1e-4)
     # single-channel ROI-value input of Bai et al.: values in {0, 1/6, ..., 1}
     vals = np.unique(np.round(item["input"].numpy() * 6, 4))
     assert item["input"].shape[0] == 1 and set(vals) <= {0, 1, 2, 3, 4, 5, 6}
     assert set(data.train).isdisjoint(data.test) and set(data.val).isdisjoint(data.test)
-    for lab in res.labels:
-        assert len(res.histories[lab]) == cfg.epochs
-        assert np.isfinite(res.histories[lab]["val_mad_body_cgy"]).all()
-    assert res.best_label in ("SL γ=25", "SL γ=100")
-    t1 = sharp.table1(res)
-    assert set(t1["rows"]) == set(sharp.TABLE1_ROWS)
+    for arm, hist in rec["history"].items():
+        assert len(hist) == cfg.epochs and all(np.isfinite(r["val_mad_body_cgy"]) for r in hist)
+        assert np.isfinite(rec["extras"]["val_mad_body_cgy"][arm])
+    # the per-case MAD of the record is the MAD of the live prediction
+    p, r, b = live["predictions"]["SL γ=100"][1], live["reference"][1], live["body"][1]
+    assert rec["metrics"]["SL γ=100"]["MAD inside the body"][1] == pytest.approx(np.abs(p - r)[b].mean() * 100)
+    st = from_runs("sharp", "study", cfg, {0: rec})
+    assert set(sharp.tables(st)) >= {"Table 1", "Table 3", "Table 4"}
+    with pytest.raises(TypeError):
+        sharp.run(dataclasses.asdict(cfg), 0, data=data)
+    with pytest.raises(ValueError, match="seed"):
+        sharp.run(cfg, -1, data=data)
 
 
-def test_training_is_deterministic(tiny_results):
-    cfg, data, res = tiny_results
-    model, hist, _ = sharp.train_model(100.0, data, cfg, progress=False)
-    again = sharp.predict(model, data, data.test)
-    np.testing.assert_array_equal(again, res.predictions["SL γ=100"])
-    assert hist["train_loss"] == res.histories["SL γ=100"]["train_loss"]
+def test_same_seed_same_record(tiny):
+    cfg, data, rec = tiny
+    again = sharp.run(cfg, 0, data=data, progress=False)
+    assert _without_times(again) == _without_times(rec)
+    for arm in rec["live"]["predictions"]:
+        np.testing.assert_array_equal(again["live"]["predictions"][arm], rec["live"]["predictions"][arm])
+    other = sharp.run(cfg, 1, data=data, progress=False)
+    assert other["cases"] == rec["cases"]     # the split does not depend on the training seed
+    for arm in rec["history"]:
+        assert [r["train_loss"] for r in other["history"][arm]] != [r["train_loss"] for r in rec["history"][arm]]
 
 
-def test_figures(tiny_results):
+def test_figures(tiny):
     import matplotlib.pyplot as plt
 
     from rtlearn import plotting
 
-    _, _, res = tiny_results
+    cfg, _, rec = tiny
+    st = from_runs("sharp", "study", cfg, {0: rec})
     plotting.set_style()  # the book's style (constrained layout) must work with every figure
-    axes = sharp.plot_training_curves(res)
-    assert len(axes[0].lines) == len(res.labels)
-    ax = sharp.plot_roi_boxplots(res)
+    axes = sharp.plot_training_curves(st)
+    assert len(axes[0].lines) == len(st.arms)
+    with pytest.raises(ValueError, match="seed"):
+        sharp.plot_training_curves(st, seed=7)
+    ax = sharp.plot_roi_boxplots(st)
     assert ax.get_ylabel().endswith("(cGy)")
-    fig = sharp.plot_sample(res, 0)
+    fig = sharp.plot_sample(rec, 0)
     assert len(fig.axes) >= 4
     with pytest.raises(ValueError):
-        sharp.plot_sample(res, 99)
+        sharp.plot_sample(rec, 99)
+    with pytest.raises(ValueError, match="live"):
+        sharp.plot_sample({k: v for k, v in rec.items() if k != "live"}, 0)
+    with pytest.raises(ValueError, match="arm"):
+        sharp.plot_sample(rec, 0, ["SL γ=7"])
     plt.close("all")
 
 
@@ -211,27 +317,29 @@ def test_3d_path_smoke(tmp_path):
     """The full profile's code path (3D volumes) on a tiny grid."""
     import matplotlib.pyplot as plt
 
-    cfg = sharp.SharpConfig(dims=3, n_train=2, n_val=1, n_test=2, shape=(8, 32, 32), spacing=(16.0, 12.0, 12.0),
-                            gammas=(100.0,), epochs=1, depth=2, width=2, root=str(tmp_path))
-    res = sharp.run_experiment(cfg, progress=False)
-    assert res.predictions["SL γ=100"].shape == (2, 8, 32, 32)
-    assert len(res.spacing) == 3
-    t1 = sharp.table1(res)
-    assert np.isfinite(t1["rows"]["Inside the body"]["MSE"])
-    sharp.table4(res)
-    sharp.plot_sample(res, 1)
+    cfg = sharp.Config(dims=3, n_train=2, n_val=1, n_test=2, shape=(8, 32, 32), spacing=(16.0, 12.0, 12.0),
+                       gammas=(100.0,), epochs=1, depth=2, width=2, root=str(tmp_path))
+    rec = sharp.run(cfg, 0, progress=False)
+    validate_record(rec)
+    assert rec["live"]["predictions"]["SL γ=100"].shape == (2, 8, 32, 32)
+    assert len(rec["live"]["spacing"]) == 3
+    st = from_runs("sharp", "full", cfg, {0: rec})
+    assert np.isfinite(sharp.table1(st)["rows"]["Inside the body"]["MSE"]).all()
+    assert "Table 4" in sharp.tables(st)
+    sharp.plot_sample(rec, 1)
     plt.close("all")
 
 
 # ---- OpenKBP (head and neck) --------------------------------------------------------------------------------
 def test_openkbp_config_rules():
     with pytest.raises(ValueError, match="dims=3"):
-        sharp.SharpConfig(source="openkbp", dims=2)
+        sharp.Config(source="openkbp", dims=2)
     with pytest.raises(ValueError, match="source"):
-        sharp.SharpConfig(source="prostate")
+        sharp.Config(source="prostate")
     with pytest.raises(ValueError, match="downsample"):
-        sharp.SharpConfig(dims=3, source="openkbp", downsample=3)
-    assert sharp.default_config(source="openkbp").dims == 3
+        sharp.Config(dims=3, source="openkbp", downsample=3)
+    assert sharp.default_config("quick", source="openkbp").dims == 3
+    assert sharp.default_config("full", source="openkbp").gammas == sharp.PAPER_GAMMAS
     # targets above organs at risk above the rest of the body above outside
     v = sharp.OPENKBP_ROI_VALUES
     assert v["PTV70"] > v["PTV63"] > v["PTV56"] > max(v[k] for k in v if not k.startswith("PTV"))
@@ -248,52 +356,53 @@ def test_openkbp_end_to_end(shared_data):
     import matplotlib.pyplot as plt
 
     from rtlearn.data.openkbp import load_patient, to_zyx
+    from rtlearn.metrics.openkbp import dvh_score
     from rtlearn.rois import ROI_NAMES
 
     root = shared_data / "openkbp"
-    cfg = sharp.SharpConfig(dims=3, source="openkbp", n_train=2, n_val=2, n_test=3, downsample=4,
-                            gammas=(100.0,), epochs=2, depth=2, width=4, root=str(root))
+    cfg = sharp.Config(dims=3, source="openkbp", n_train=2, n_val=2, n_test=3, downsample=4,
+                       gammas=(100.0,), epochs=2, depth=2, width=4, root=str(root))
     data = sharp.load_data(cfg, progress=False)
     assert isinstance(data, sharp.OpenKBPSharpData)
     assert data.patients(data.train) == ["pt_1", "pt_2"] and data.patients(data.val) == ["pt_201", "pt_202"]
     assert data.patients(data.test) == ["pt_241", "pt_242", "pt_243"]
-    res = sharp.run_experiment(cfg, progress=False, data=data)
-    assert res.predictions["SL γ=100"].shape == res.reference.shape == (3, 32, 32, 32)
-    assert res.roi_names == ROI_NAMES and res.rx_gy == 70.0 and res.patients == data.patients(data.test)
+    rec = sharp.run(cfg, 0, data=data, progress=False)
+    validate_record(rec)
+    live = rec["live"]
+    assert rec["cases"] == ["pt_241", "pt_242", "pt_243"]
+    assert live["predictions"]["SL γ=100"].shape == live["reference"].shape == (3, 32, 32, 32)
+    assert tuple(live["roi_names"]) == ROI_NAMES and live["rx_gy"] == 70.0
 
     # reference dose, body and input against the raw archive of the first test patient
     raw = load_patient("pt_241", "test", root)
     dose = to_zyx(raw["dose_cgy"]).astype(np.float64) / 100.0
-    np.testing.assert_allclose(res.reference[0], _block_mean(dose, 4), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(live["reference"][0], _block_mean(dose, 4), rtol=1e-5, atol=1e-4)
     pdm = to_zyx(raw["possible_dose_mask"])
-    np.testing.assert_array_equal(res.body[0], _block_mean(pdm.astype(float), 4) > 0.5)
+    np.testing.assert_array_equal(live["body"][0], _block_mean(pdm.astype(float), 4) > 0.5)
     vd = raw["voxel_dimensions"]
-    assert res.case_spacing[0] == pytest.approx((4 * vd[2], 4 * vd[0], 4 * vd[1]))
+    assert live["case_spacing"][0] == pytest.approx((4 * vd[2], 4 * vd[0], 4 * vd[1]))
     roi_map = np.where(pdm, sharp.OPENKBP_BODY_VALUE, 0.0)
     for name, value in sorted(sharp.OPENKBP_ROI_VALUES.items(), key=lambda kv: kv[1]):  # highest value painted last
         if name in raw:
             roi_map[to_zyx(raw[name])] = value
     item = data.dataset[data.test[0]]
     np.testing.assert_allclose(item["input"][0].numpy(), _block_mean(roi_map, 4), atol=1e-6)
-    np.testing.assert_allclose(item["target"][0].numpy() * 60.0, res.reference[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(item["target"][0].numpy() * 60.0, live["reference"][0], rtol=1e-5, atol=1e-4)
 
-    # tables use OpenKBP's names; the breast Table 4 refuses; the challenge scores are finite
-    t2 = sharp.table2(res)
-    assert list(t2) == list(ROI_NAMES)
-    assert np.isfinite(t2["PTV70"]["MSE"])
-    t3 = sharp.table3(res, "SL γ=100")
-    assert "PTV70" in t3 and all(s["n"] >= 2 for s in t3.values())
-    assert np.isfinite(sharp.table1(res)["rows"]["Inside the body"]["SL γ=100"])
+    # tables use OpenKBP's names; the breast Table 4 refuses; the challenge scores match a direct computation
+    st = from_runs("sharp", "quick", cfg, {0: rec})
+    t2 = sharp.table2(st)
+    assert list(t2) == list(ROI_NAMES) and np.isfinite(t2["PTV70"]["MSE"]).all()
+    assert np.isfinite(sharp.table1(st)["rows"]["Inside the body"]["SL γ=100"]).all()
     with pytest.raises(ValueError, match="openkbp_scores"):
-        sharp.table4(res)
-    sc = sharp.openkbp_scores(res)
-    pred = np.clip(res.predictions["MSE"][0], 0, None) * res.body[0]
-    e0 = np.abs(pred - res.reference[0]).sum() / res.body[0].sum()
-    assert sc["MSE"]["dose_score"] >= 0 and np.isfinite(sc["MSE"]["dvh_score"])
-    per_case = [np.abs(np.clip(res.predictions["MSE"][c], 0, None) * res.body[c] - res.reference[c]).sum()
-                / res.body[c].sum() for c in range(3)]
-    assert per_case[0] == pytest.approx(e0) and sc["MSE"]["dose_score"] == pytest.approx(np.mean(per_case))
-    with pytest.raises(ValueError):
-        sharp.openkbp_scores(_fake_results())
-    sharp.plot_sample(res, 0)
+        sharp.table4(st)
+    assert list(sharp.tables(st)) == ["Table 1", "Table 2", "OpenKBP scores", "Selection"]
+    sc = sharp.openkbp_scores(st)
+    preds = [np.clip(live["predictions"]["MSE"][c], 0, None) * live["body"][c] for c in range(3)]
+    per_case = [np.abs(preds[c] - live["reference"][c]).sum() / live["body"][c].sum() for c in range(3)]
+    assert sc["MSE"]["dose_score"][0] == pytest.approx(np.mean(per_case))
+    rois = [{n: live["rois"][c, k] for k, n in enumerate(ROI_NAMES) if live["rois"][c, k].any()} for c in range(3)]
+    assert sc["MSE"]["dvh_score"][0] == pytest.approx(dvh_score(preds, list(live["reference"]), rois,
+                                                                list(live["case_spacing"])))
+    sharp.plot_sample(rec, 0)
     plt.close("all")
