@@ -65,6 +65,7 @@ from ..phantom.anatomy import ROI_NAMES as PHANTOM_ROI_NAMES
 from ..rois import OARS, ROI_NAMES, TARGETS
 from ..tables import Markdown, markdown_table
 from ..train import fit, seeded
+from .openkbp import LEADERBOARD_TOP5
 
 __all__ = [
     "PAPER_TABLE1", "LEADERBOARD", "C3D_SINGLE_MODEL", "paper_score",
@@ -83,14 +84,8 @@ PAPER_TABLE1 = {
     ("MAE+DVH", "validation"): (1.9, 2.3, 40), ("MAE+DVH", "test"): (1.6, 2.0, 100),
 }
 #: Final blinded OpenKBP test leaderboard, top five, as published by the organisers (Babier et al. 2021):
-#: (rank, team, dose score Gy, DVH score Gy).
-LEADERBOARD = (
-    (1, "LSL AnHui University (cascade 3D U-Net, C3D)", 2.4294, 1.4776),
-    (2, "SuperPod", 2.5635, 1.7045),
-    (3, "team_overfitting", 2.6146, 1.5818),
-    (4, "Prediction Team Vienna", 2.6497, 1.5393),
-    (5, "DanNguyen", 2.6795, 1.5728),
-)
+#: (rank, team, dose score Gy, DVH score Gy); the one copy lives in the OpenKBP chapter's module.
+LEADERBOARD = LEADERBOARD_TOP5
 #: C3D's authors, single model with test-time augmentation, as they published it: (dose score, DVH score).
 C3D_SINGLE_MODEL = (2.46, 1.58)
 

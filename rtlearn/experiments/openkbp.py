@@ -33,7 +33,7 @@ RX_SCALE_GY = 70.0
 #: The final blinded test phase of OpenKBP as published by the organisers (Babier et al. 2021):
 #: (rank, team, dose score Gy, DVH score Gy). The published numbers, not ours.
 LEADERBOARD_TOP5 = (
-    (1, "LSL AnHui University (cascade 3D U-Net, \"C3D\")", 2.4294, 1.4776),
+    (1, "LSL AnHui University (cascade 3D U-Net, C3D)", 2.4294, 1.4776),
     (2, "SuperPod", 2.5635, 1.7045),
     (3, "team_overfitting", 2.6146, 1.5818),
     (4, "Prediction Team Vienna", 2.6497, 1.5393),
