@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validate import check_int
-from ..tables import markdown_table
+from ..tables import Markdown, markdown_table
 
 __all__ = [
     "wilcoxon_summary", "seed_summary", "bootstrap_ci", "holm", "paired_comparison",
@@ -547,14 +547,17 @@ def judge(study, claims, *, statistic: str = "median", alpha: float = 0.05, n_bo
 
 
 def format_verdicts(rows, digits: int = 2) -> str:
-    """One line per judged claim: the claim, the verdict, the difference with its CI and the Holm-adjusted p."""
+    """One Markdown bullet per judged claim: the claim, the verdict, the difference with its CI and the Holm p.
+
+    Returns a :class:`rtlearn.tables.Markdown`: the last expression of a notebook cell renders as a list.
+    """
     lines = []
     for r in rows:
         lines.append(f"- {r['statement']} ({r['metric']}, {r['b']} vs {r['a']}): **{r['verdict']}**; "
                      f"{r['statistic']} difference {_fmt_num(r['diff'], digits)} "
                      f"[{_fmt_num(r['ci_lo'], digits)}, {_fmt_num(r['ci_hi'], digits)}], "
                      f"p (Holm) {_fmt_p(r['p_adj'])}, {r['n_cases']} cases x {r['n_seeds']} seed(s).")
-    return "\n".join(lines)
+    return Markdown("\n".join(lines))
 
 
 # --------------------------------------------------------------------------- Markdown table
