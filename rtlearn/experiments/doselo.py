@@ -2,46 +2,56 @@ r"""The DOSELO experiment (Rüfenacht et al., MICCAI 2023, ``ruefenacht2023dosel
 
 Pipeline of the chapter "Dose-guided segmentation":
 
-1. **Dose predictor** :math:`M_D(S_T, S_{OR}, I_{CT})`: a :class:`~rtlearn.models.CascadeUNet`
-   trained with deep supervision on phantom brain cases whose doses are
-   re-optimised plans (:func:`rtlearn.phantom.plan_for_target`) on the true GTV and
-   on perturbed GTVs (:mod:`rtlearn.phantom.perturb`), so that it responds to imperfect
-   masks (:func:`dose_predictor_data`, :func:`train_dose_predictor`).
-2. **Segmentation** :math:`M_S(I_{MR}) \to \hat S_T`: a U-Net on the four
-   MR-like channels, trained with BCE + SoftDice (the paper's baseline), BCE +
-   :math:`\lambda L_{DSL}` through the frozen predictor (DOSELO, soft
-   probabilities, autograd on), the reference code's hard/no-grad variant
-   (which is BCE alone), and -- beyond the paper -- a straight-through variant
-   (binary mask forward, soft gradient back;
-   :class:`~rtlearn.losses.dose_guided.StraightThroughDoseGuidedLoss`) and BCE +
-   :math:`\lambda` times the squared dose difference through a differentiable
-   *beam surrogate* of the dose engine (:class:`~rtlearn.phantom.surrogate.BeamSurrogate`,
-   :func:`~rtlearn.losses.dose_guided.surrogate_guided_loss`) (:func:`train_segmenter`).
-3. **Evaluation**: every predicted GTV is planned with the phantom clinic's
-   optimiser (GTV + 5 mm = PTV, 60 Gy), as is the true GTV; the two *true*
-   doses are compared with the RMAE of Eq. (5) (floored denominator,
-   :func:`rtlearn.metrics.rmae`), plus Dice, HD and HD95 in mm
-   (:func:`rtlearn.metrics.hausdorff`; :func:`evaluate_segmentations`, :func:`summarise`).
+1. **Data** (:func:`load_data`): phantom brains for the dose predictor and, separately, for
+   segmentation (:func:`brain_cases`); plans on the true GTV and on perturbed GTVs
+   (:func:`dose_predictor_data`, :mod:`rtlearn.phantom.perturb`), each re-optimised by the phantom
+   clinic (:func:`plan_dose`); and the **dose predictor** :math:`M_D(S_T, S_{OR}, I_{CT})`, a
+   :class:`~rtlearn.models.CascadeUNet` trained with deep supervision
+   (:class:`~rtlearn.losses.cascade.CascadeLoss`) by :func:`rtlearn.train.fit` with the fixed seed
+   ``Config.predictor_seed``. The predictor is part of the data: it is trained once in
+   :func:`load_data`, and every segmentation seed of a study shares it.
+2. **Segmentation** (:func:`run`): a U-Net :math:`M_S(I_{MR}) \to \hat S_T` on the four MR-like
+   channels, one per *arm* (:func:`arms`: a name and a loss object), all from the same initial
+   weights and batch order: BCE + SoftDice (the paper's baseline), BCE + :math:`\lambda L_{DSL}`
+   through the frozen predictor (DOSELO, soft probabilities, Eq. 4), the reference code's hard /
+   no-grad variant (which is BCE alone), and -- beyond the paper -- a straight-through variant
+   (:class:`~rtlearn.losses.dose_guided.StraightThroughDoseGuidedLoss`) and BCE + :math:`\lambda` times
+   the squared dose difference through a differentiable beam surrogate of the dose engine
+   (:class:`~rtlearn.losses.dose_guided.SurrogateGuidedLoss`).
+3. **Evaluation** (:func:`evaluate_segmentations`): every predicted GTV is planned with the
+   phantom clinic's optimiser (GTV + 5 mm = PTV, 60 Gy), as is the true GTV; the two *true*
+   doses are compared with the RMAE of Eq. (5) (floored denominator, :func:`rtlearn.metrics.rmae`),
+   plus Dice, HD and HD95 in mm (:func:`rtlearn.metrics.hausdorff`) and the number of far
+   false-positive voxels, case by case.
 
-Every function is seeded; the same arguments give the same numbers.
+The chapter shape: :class:`Config` / :func:`default_config` (the only place a profile is read),
+:func:`load_data`, :func:`run` (one seed, every arm), :data:`CLAIMS` (judged with
+:func:`rtlearn.metrics.stats.judge`), :data:`TINY`, :func:`tables` and the figure functions
+(:func:`figures`). The same configuration and seed give the same numbers.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import numbers
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
+from tqdm.auto import tqdm
 
+from .. import config as _config
 from .._validate import check_int
 from ..losses.cascade import CascadeLoss
-from ..losses.dose_guided import (BCESoftDiceLoss, DoseGuidedLoss, StraightThroughDoseGuidedLoss,
-                                  binary_cross_entropy, freeze, surrogate_guided_loss, true_target_dose)
+from ..losses.dose_guided import (BCESoftDiceLoss, DoseGuidedLoss, StraightThroughDoseGuidedLoss, SurrogateGuidedLoss,
+                                  freeze, true_target_dose)
 from ..metrics.dosimetric import RMAE_FLOOR_FRACTION, rmae
 from ..metrics.segmentation import dice, hausdorff
-from ..metrics.stats import wilcoxon_summary
+from ..metrics.stats import Claim, format_comparison, format_verdicts, judge, paired_comparison
 from ..models.cascade import CascadeUNet
 from ..models.scaled import ScaledDose
 from ..models.unet import UNet
@@ -49,13 +59,19 @@ from ..phantom import make_patient, plan_for_target
 from ..phantom.datasets import case_seed
 from ..phantom.perturb import KINDS, perturbed_targets, shift_target
 from ..phantom.surrogate import BeamSurrogate
-from ..train import Trainer, on_keys
+from ..plotting import dose_slice
+from ..tables import Markdown, markdown_table
+from ..train import fit, seeded
 
 __all__ = [
-    "OAR_NAMES", "MR_NAMES", "PTV_MARGIN_MM", "RX_GY", "PAPER", "LOSSES",
+    "OAR_NAMES", "MR_NAMES", "PTV_MARGIN_MM", "RX_GY", "PAPER", "BASELINE", "PAPER_ARM", "METRICS",
+    "STUDY_SEEDS", "Config", "default_config", "TINY", "CLAIMS", "describe",
     "brain_cases", "cv_splits", "plan_dose", "predictor_input", "dose_predictor_data", "ArrayDataset",
-    "train_dose_predictor", "predictor_accuracy", "segmentation_data", "train_segmenter", "predict_masks",
-    "evaluate_segmentations", "far_false_positives", "summarise", "blob_demo",
+    "dose_predictor", "segmenter", "shuffled", "predictor_accuracy", "segmentation_data", "arm_names", "arms",
+    "predict_masks", "far_false_positives", "evaluate_segmentations", "load_data", "run", "judged", "verdicts",
+    "tables",
+    "blob_demo", "blob_figure", "pipeline_figure", "perturbation_figure", "predictor_figure", "rmae_figure",
+    "worst_cases_figure", "figures",
 ]
 
 #: organs at risk given to the dose predictor, one channel each (``S_OR``)
@@ -66,14 +82,184 @@ MR_NAMES = ("T1", "T1c", "T2", "FLAIR")
 PTV_MARGIN_MM = 5.0
 #: prescription (Gy): 30 x 2 Gy as in the paper
 RX_GY = 60.0
-#: the paper's results (Sec. 3.3, five-fold CV, 10 test cases, lambda = 1): mean, sd
+#: the paper's results (Sec. 3.3, five-fold CV on 50 patients, lambda = 1): mean, sd over the patients
 PAPER = {
     "RMAE": {"bce_dice": (0.449, 0.545), "doselo": (0.258, 0.201)},
     "HD_mm": {"bce_dice": (64.06, 29.84), "doselo": (28.68, 22.25)},
     "Dice": {"bce_dice": (0.713, 0.203), "doselo": (0.697, 0.216)},
 }
-#: segmentation losses understood by :func:`train_segmenter`
-LOSSES = ("bce_dice", "bce", "doselo", "doselo_hard", "doselo_st", "engine")
+#: the baseline arm (BCE + SoftDice) and the paper's loss (soft DOSELO at lambda = 1)
+BASELINE = "BCE+SoftDice"
+PAPER_ARM = "DOSELO λ=1"
+#: per-case metrics of a run record (``empty``: 1.0 for an empty prediction)
+METRICS = ("rmae", "mae_gy", "hd_mm", "hd95_mm", "dice", "far_fp", "empty")
+#: seeds of the recorded study
+STUDY_SEEDS = "0-2"
+
+#: the paper's claims (Sec. 3.3), stated before any of our numbers: B - A in the claimed direction.
+#: ``paper`` is the paper's difference of the means (DOSELO - baseline). "At a similar Dice" is not a
+#: directional claim; :func:`tables` prints the Dice difference with its interval next to it.
+CLAIMS = (
+    Claim("rmae", BASELINE, PAPER_ARM, "lower",
+          "DOSELO lowers the dosimetric impact (RMAE) of segmentation errors compared with BCE + SoftDice",
+          paper=round(PAPER["RMAE"]["doselo"][0] - PAPER["RMAE"]["bce_dice"][0], 3)),
+    Claim("hd_mm", BASELINE, PAPER_ARM, "lower",
+          "DOSELO lowers the Hausdorff distance (fewer distant false positives) compared with BCE + SoftDice",
+          paper=round(PAPER["HD_mm"]["doselo"][0] - PAPER["HD_mm"]["bce_dice"][0], 2)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the configuration
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """Every size of the DOSELO experiment (build it with :func:`default_config`).
+
+    Profiles (:func:`default_config`):
+
+    ``quick``
+        the book's live demonstration: 24 predictor patients x (1 + 3 perturbed) plans, 32
+        segmentation patients in one 24/8 split, a 64 x 64 grid at 3.6 mm, the predictor 30
+        epochs (width 8), every segmenter 40 epochs (width 8, batch 4), no validation set.
+        A few minutes on a CPU.
+    ``study``
+        the recorded multi-seed study (``python -m rtlearn.study doselo --profile study --seeds 0-2``,
+        3 seeds): 48 predictor patients x (1 + 4) plans and the predictor trained for 80 epochs
+        (width 8), once per study in :func:`load_data`; 72 segmentation patients in 3-fold
+        cross-validation (48 training cases per fold, 6 of them for validation, and 24 test cases:
+        72 test cases in all), every segmenter up to 100 epochs with early stopping (patience 10)
+        on its own validation loss and its best weights restored; the same grid, networks and arms
+        as ``quick``.
+
+        Cost on one thread, from a measured short run of this config with 4 epochs per arm and
+        per fold and 4 predictor epochs (CPU time of the process, the machine shared): training
+        0.78 s per arm and epoch (a fold's set-up included), re-planning the 576 predicted GTVs of
+        a seed (72 test cases x 8 arms) 58 s (0.1 s per plan), the predictor 3.9 s per epoch, the
+        384 plans of :func:`load_data` 25 s. Hence at most about 32 min per seed (every arm running
+        all 100 epochs in all 3 folds; early stopping ends sooner), plus about 6 min once per study
+        process for :func:`load_data`.
+    ``full``
+        the paper's scale on a GPU: 128 x 128 at 1.8 mm, 200 predictor patients x (1 + 8) plans, 50
+        segmentation patients in five-fold CV, larger networks, lambda from 1e-3 to 1.
+    """
+
+    # phantom cases and plans
+    n_dose_cases: int = 24          #: patients for the dose predictor
+    n_perturb: int = 3              #: perturbed targets per predictor patient, each re-planned
+    n_seg_cases: int = 32           #: separate patients for segmentation (as in the paper)
+    n_folds: int = 1                #: 1: one hold-out split (``test_fraction``); >= 2: cross-validation
+    test_fraction: float = 0.25     #: test share of the single split
+    n_val: int = 0                  #: validation cases taken from each fold's training cases (early stopping)
+    shape: tuple = (64, 64)         #: grid (64 x 64 at 3.6 mm: the same 230 mm field of view as 128 x 128 at 1.8)
+    spacing: float = 3.6            #: voxel size (mm)
+    dose_case_seed: int = 100       #: seed of the predictor patients
+    seg_case_seed: int = 200        #: seed of the segmentation patients
+    perturb_seed: int = 0           #: seed of the predictor's perturbed targets
+    held_out_perturb: int = 1       #: perturbed targets per segmentation patient (the predictor's held-out test)
+    held_out_seed: int = 1          #: seed of those perturbations
+    split_seed: int = 0             #: seed of the case split (fixed: test cases pair across seeds)
+    plan_iter: int = 100            #: iterations of the plan optimiser
+    # the dose predictor M_D (trained once, in load_data)
+    predictor_epochs: int = 30
+    predictor_width: int = 8
+    predictor_depth: int = 3
+    predictor_lr: float = 2e-3
+    predictor_batch: int = 16
+    predictor_seed: int = 0         #: fixed: every segmentation seed shares the predictor
+    # the segmentation network M_S (one per arm and seed)
+    seg_epochs: int = 40            #: epochs (the most epochs when ``patience`` is set)
+    seg_width: int = 8
+    seg_depth: int = 3
+    seg_lr: float = 2e-3
+    seg_batch: int = 4
+    patience: int | None = None     #: early stopping on the validation loss (needs ``n_val`` >= 1)
+    # the arms
+    hard_lambda: float = 1.0                  #: lambda of the reference code's hard variant (no effect: no gradient)
+    lambdas: tuple = (0.001, 0.1, 1.0)        #: DOSELO (soft) lambdas, Gy^-2
+    st_lambdas: tuple = (0.01, 1.0)           #: straight-through lambdas (not in the paper)
+    engine_lambda: float = 1e-5               #: beam-surrogate lambda (not in the paper)
+
+    def __post_init__(self):
+        for name in ("n_dose_cases", "n_seg_cases", "n_folds", "predictor_epochs", "predictor_width",
+                     "predictor_depth", "predictor_batch", "seg_epochs", "seg_width", "seg_depth", "seg_batch",
+                     "plan_iter"):
+            check_int(getattr(self, name), name)
+        for name in ("n_perturb", "held_out_perturb", "n_val", "dose_case_seed", "seg_case_seed", "perturb_seed",
+                     "held_out_seed", "split_seed", "predictor_seed"):
+            check_int(getattr(self, name), name, 0)
+        if self.n_seg_cases < 2:
+            raise ValueError(f"n_seg_cases must be >= 2 (training and test cases), got {self.n_seg_cases}")
+        if self.n_folds > self.n_seg_cases:
+            raise ValueError(f"n_folds ({self.n_folds}) cannot exceed n_seg_cases ({self.n_seg_cases})")
+        if not (isinstance(self.test_fraction, numbers.Real) and 0 < self.test_fraction < 1):
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        if (not isinstance(self.shape, tuple) or len(self.shape) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in self.shape)):
+            raise ValueError(f"shape must be a tuple of two ints >= 16, got {self.shape!r}")
+        for name in ("spacing", "predictor_lr", "seg_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.patience is not None:
+            check_int(self.patience, "patience")
+            if self.n_val < 1:
+                raise ValueError("patience (early stopping) needs a validation set: set n_val >= 1")
+        for name in ("lambdas", "st_lambdas"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not all(_is_lambda(x) for x in v) or len(set(v)) != len(v):
+                raise ValueError(f"{name} must be a tuple of distinct finite numbers >= 0, got {v!r}")
+        for name in ("hard_lambda", "engine_lambda"):
+            if not _is_lambda(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+
+
+def _is_lambda(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, numbers.Real) and math.isfinite(x) and x >= 0
+
+
+_FULL = dict(n_dose_cases=200, n_perturb=8, n_seg_cases=50, n_folds=5, shape=(128, 128), spacing=1.8,
+             predictor_epochs=150, predictor_width=16, predictor_depth=4, seg_epochs=200, seg_width=32,
+             seg_depth=4, seg_batch=16, lambdas=(0.001, 0.01, 0.1, 1.0))
+_STUDY = dict(n_dose_cases=48, n_perturb=4, n_seg_cases=72, n_folds=3, n_val=6, predictor_epochs=80,
+              seg_epochs=100, patience=10)
+#: overrides that shrink the study config to a few seconds (the study runner's own test)
+TINY = dict(n_dose_cases=2, n_perturb=1, n_seg_cases=6, n_folds=1, n_val=1, shape=(48, 48), spacing=4.8,
+            plan_iter=10, predictor_epochs=1, predictor_width=4, predictor_depth=2, seg_epochs=2, seg_width=4,
+            seg_depth=2, seg_batch=2, patience=1, lambdas=(1.0,), st_lambdas=(1.0,))
+
+
+def default_config(profile: str | None = None, **overrides) -> Config:
+    """The :class:`Config` of a profile (``quick``, ``study`` or ``full``; default :func:`rtlearn.config.profile`).
+
+    ``overrides`` replace single fields (``default_config("study", **TINY)``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown profile or an override that is not a field of :class:`Config`.
+    """
+    name = _config.profile() if profile is None else _config.check_profile(profile)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown DOSELO config field(s) {unknown}; the fields are {sorted(fields)}")
+    sizes = {"quick": {}, "study": _STUDY, "full": _FULL}[name]
+    return Config(**{**sizes, **overrides})
+
+
+def describe(cfg: Config) -> str:
+    """The sizes of ``cfg`` in one paragraph (printed where a study is not recorded yet)."""
+    split = (f"one split with {round(cfg.test_fraction * 100)} % test cases" if cfg.n_folds == 1
+             else f"{cfg.n_folds}-fold cross-validation")
+    stop = (f"up to {cfg.seg_epochs} epochs, early stopping after {cfg.patience} epochs without improvement of "
+            f"the validation loss ({cfg.n_val} validation cases per fold)" if cfg.patience
+            else f"{cfg.seg_epochs} epochs")
+    return (f"{cfg.n_dose_cases} predictor patients x (1 + {cfg.n_perturb}) plans, predictor "
+            f"{cfg.predictor_epochs} epochs (width {cfg.predictor_width}, depth {cfg.predictor_depth}); "
+            f"{cfg.n_seg_cases} segmentation patients, {split}; grid {cfg.shape[0]} x {cfg.shape[1]} at "
+            f"{cfg.spacing} mm; {len(arm_names(cfg))} arms, each U-Net (width {cfg.seg_width}, depth "
+            f"{cfg.seg_depth}, batch {cfg.seg_batch}) {stop}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,8 +326,6 @@ def dose_predictor_data(patients, n_perturb: int = 3, seed: int = 0, max_iter: i
         (``"reference"`` or the perturbation), ``seconds`` (planning time).
     """
     check_int(n_perturb, "n_perturb", 0)
-    from tqdm.auto import tqdm
-
     if not patients:
         raise ValueError("give at least one patient")
     xs, ds, ms, case, kind = [], [], [], [], []
@@ -185,9 +369,17 @@ class ArrayDataset(torch.utils.data.Dataset):
         return {k: v[i] for k, v in self.arrays.items()}
 
 
-def _loader(data, keys, batch_size, shuffle):
-    ds = ArrayDataset(**{k: data[k] for k in keys if k in data})
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle)
+def shuffled(dataset, batch_size: int) -> torch.utils.data.DataLoader:
+    """A shuffling loader that draws its order from torch's global generator.
+
+    :func:`rtlearn.train.fit` reseeds that generator with ``seed + epoch`` at
+    every epoch, so the batch order depends on the seed alone (this is the
+    loader the chapter has always used; a :class:`~torch.utils.data.Dataset`
+    given to ``fit`` instead gets a loader with its own seeded generator, which
+    orders the batches differently).
+    """
+    check_int(batch_size, "batch_size")
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
 
 
 def cv_splits(n: int, n_folds: int = 5, seed: int = 0, test_fraction: float = 0.25) -> list:
@@ -212,29 +404,29 @@ def cv_splits(n: int, n_folds: int = 5, seed: int = 0, test_fraction: float = 0.
     return [(np.sort(np.concatenate(parts[:i] + parts[i + 1:])), np.sort(parts[i])) for i in range(n_folds)]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the dose predictor
-# ---------------------------------------------------------------------------------------------------------------
-def train_dose_predictor(data: dict, epochs: int = 30, width=8, depth: int = 3, lr: float = 2e-3,
-                         batch_size: int = 16, seed: int = 0, device=None, progress: bool = False):
-    r"""Train the cascade :math:`M_D` with deep supervision.
+def _validation_split(train_idx, n_val: int, seed: int, fold: int):
+    """``(train, val)``: ``n_val`` cases of a fold's training cases held out for early stopping (fixed by the seeds)."""
+    train_idx = np.asarray(train_idx)
+    if n_val == 0:
+        return train_idx, train_idx[:0]
+    if n_val >= len(train_idx):
+        raise ValueError(f"n_val ({n_val}) leaves no training case of the {len(train_idx)} in fold {fold}")
+    val = np.random.default_rng([seed, fold]).choice(train_idx, n_val, replace=False)
+    return np.setdiff1d(train_idx, val), np.sort(val)
 
-    .. math:: 0.5\,\mathrm{MSE}_M(\hat D^{(1)}, D) + \mathrm{MSE}_M(\hat D^{(2)}, D)
 
-    The cascade predicts dose / 60 Gy and is wrapped in :class:`~rtlearn.models.scaled.ScaledDose`
-    (outputs in Gy). Losses in Gy^2 over the body voxels (:class:`rtlearn.losses.cascade.CascadeLoss`);
-    Adam, a cosine learning-rate decay. Returns ``(frozen_model, history)``.
-    """
-    check_int(epochs, "epochs")
-    torch.manual_seed(seed)
-    model = ScaledDose(CascadeUNet(data["input"].shape[1], 1, dims=2, depth=depth, width=width, norm="batch"), RX_GY)
-    loader = _loader(data, ("input", "target", "mask"), batch_size, True)
-    sched = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)  # noqa: E731
-    trainer = Trainer(model, on_keys(CascadeLoss(), "target", mask="mask"), lr=lr, scheduler=sched, seed=seed,
-                      device=device, progress=progress, restore_best=False)
-    history = trainer.fit(loader, epochs)
-    trainer.model.zero_grad(set_to_none=True)  # drop the last step's gradients: a frozen M_D holds none
-    return freeze(trainer.model.cpu().float()), history
+# ---------------------------------------------------------------------------------------------------------------
+# the networks
+# ---------------------------------------------------------------------------------------------------------------
+def dose_predictor(cfg: Config) -> nn.Module:
+    """:math:`M_D`: a cascade of two U-Nets on ``[S_T, S_OR, I_CT]`` predicting dose / 60 Gy, output in Gy."""
+    return ScaledDose(CascadeUNet(1 + len(OAR_NAMES) + 1, 1, dims=2, depth=cfg.predictor_depth,
+                                  width=cfg.predictor_width, norm="batch"), RX_GY)
+
+
+def segmenter(cfg: Config) -> nn.Module:
+    """:math:`M_S`: a U-Net on the four MR channels, one logit channel."""
+    return UNet(len(MR_NAMES), 1, dims=2, depth=cfg.seg_depth, width=cfg.seg_width, norm="batch")
 
 
 @torch.no_grad()
@@ -256,9 +448,6 @@ def predictor_accuracy(model: nn.Module, data: dict, batch_size: int = 32) -> di
             "by_kind": {str(k): float(per[kinds == k].mean()) for k in dict.fromkeys(kinds.tolist())}}
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# segmentation
-# ---------------------------------------------------------------------------------------------------------------
 def segmentation_data(patients, predictor: nn.Module | None = None) -> dict:
     """Arrays for training :math:`M_S`: ``input`` (MR, N x 4 x H x W), ``target`` (GTV), ``oars``, ``ct``,
     ``dose_mask`` (body), ``case``; ``true_dose`` = :math:`M_D(S_T, \\dots)` if a (frozen) predictor is given."""
@@ -280,94 +469,41 @@ def segmentation_data(patients, predictor: nn.Module | None = None) -> dict:
     return out
 
 
-def train_segmenter(data: dict, loss: str = "bce_dice", lam: float = 1.0, predictor: nn.Module | None = None,
-                    surrogate: BeamSurrogate | None = None, epochs: int = 40, width: int = 16, depth: int = 3,
-                    lr: float = 2e-3, batch_size: int = 8, seed: int = 0, device=None, progress: bool = False,
-                    warmup_epochs: int = 0):
-    r"""Train :math:`M_S(I_{MR}) \to \hat S_T` (a U-Net, logits) with one of :data:`LOSSES`.
+# ---------------------------------------------------------------------------------------------------------------
+# the arms: a name and a loss object each
+# ---------------------------------------------------------------------------------------------------------------
+def arm_names(cfg: Config) -> list:
+    """The arms of ``cfg`` in table order (the baseline first)."""
+    return ([BASELINE, "BCE (= hard DOSELO)"] + [f"DOSELO λ={lam:g}" for lam in cfg.lambdas]
+            + [f"DOSELO-ST λ={lam:g}" for lam in cfg.st_lambdas] + [f"Engine λ={cfg.engine_lambda:g}"])
 
-    * ``"bce_dice"`` -- BCE + SoftDice, the paper's baseline;
-    * ``"bce"`` -- BCE alone;
-    * ``"doselo"`` -- BCE + :math:`\lambda L_{DSL}` through the frozen ``predictor``,
-      soft probabilities with autograd (the paper's Eq. 4 as intended);
-    * ``"doselo_hard"`` -- the reference code's variant (thresholded mask under
-      ``no_grad``): its dose term has no gradient, so it trains exactly as ``"bce"``;
-    * ``"doselo_st"`` -- (not in the paper) as ``"doselo"`` but with a
-      straight-through mask: the predictor sees the *thresholded* mask (binary,
-      like its training data) in the forward pass while the gradient flows to
-      the probabilities as if the mask were soft
-      (:class:`~rtlearn.losses.dose_guided.StraightThroughDoseGuidedLoss`);
-    * ``"engine"`` -- BCE + :math:`\lambda` times the squared dose difference
-      through the :class:`~rtlearn.phantom.surrogate.BeamSurrogate`
-      (:func:`~rtlearn.losses.dose_guided.surrogate_guided_loss`; beyond the paper).
 
-    ``warmup_epochs`` (not in the paper) trains the first epochs with
-    :math:`\lambda = 0` (BCE alone) before the dose term is switched on.
+def arms(cfg: Config, predictor: nn.Module, surrogate: nn.Module) -> dict:
+    r"""``{arm name: loss object}``; every loss is called as ``loss(logits, batch)`` (``fit(..., targets=None)``).
 
-    The same ``seed`` gives the same initial weights and batch order for every
-    loss, so differences come from the loss alone. Returns ``(model, history)``
-    (the final weights; ``model`` on the CPU, eval mode).
+    * ``BCE+SoftDice`` -- :class:`~rtlearn.losses.dose_guided.BCESoftDiceLoss`, the paper's baseline;
+    * ``BCE (= hard DOSELO)`` -- :class:`~rtlearn.losses.dose_guided.DoseGuidedLoss` with ``hard=True``,
+      the reference code's variant (thresholded mask under ``no_grad``): no gradient from the dose
+      term, so it trains exactly as BCE alone;
+    * ``DOSELO λ`` -- BCE + :math:`\lambda L_{DSL}` with soft probabilities through the frozen
+      predictor (the paper's Eq. 4 as intended);
+    * ``DOSELO-ST λ`` -- (not in the paper) the predictor sees the thresholded mask, the gradient
+      flows to the probabilities (:class:`~rtlearn.losses.dose_guided.StraightThroughDoseGuidedLoss`);
+    * ``Engine λ`` -- (not in the paper) BCE + :math:`\lambda` times the squared dose difference
+      through the beam surrogate (:class:`~rtlearn.losses.dose_guided.SurrogateGuidedLoss`).
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam (lambda) must be a finite number >= 0, got {lam!r}")
-    check_int(epochs, "epochs")
-    frozen = []
-    if loss == "bce_dice":
-        loss_fn = on_keys(BCESoftDiceLoss(), "target")
-    elif loss == "bce":
-        loss_fn = lambda pred, b: binary_cross_entropy(pred, b["target"])  # noqa: E731
-    elif loss == "doselo_st":
-        if predictor is None:
-            raise ValueError(f"loss {loss!r} needs the trained dose predictor")
-        loss_fn = StraightThroughDoseGuidedLoss(predictor, lam)
-        frozen = [predictor]
-    elif loss in ("doselo", "doselo_hard"):
-        if predictor is None:
-            raise ValueError(f"loss {loss!r} needs the trained dose predictor")
-        loss_fn = DoseGuidedLoss(predictor, lam=lam, hard=(loss == "doselo_hard"))
-        frozen = [predictor]
-    else:
-        if surrogate is None:
-            raise ValueError("loss 'engine' needs a BeamSurrogate built on the training patients")
-        loss_fn = lambda pred, b: surrogate_guided_loss(pred, b, surrogate, lam)  # noqa: E731
-    keys = ("input", "target", "oars", "ct", "dose_mask", "case")
-    keys += ("true_dose",) if loss.startswith("doselo") else ()
-    if loss.startswith("doselo") and "true_dose" not in data:
-        raise ValueError("data has no 'true_dose'; build it with segmentation_data(patients, predictor=...)")
-    check_int(warmup_epochs, "warmup_epochs", 0)
-    torch.manual_seed(seed)
-    model = UNet(data["input"].shape[1], 1, dims=2, depth=depth, width=width, norm="batch")
-    loader = _loader(data, keys, batch_size, True)
-    if warmup_epochs and loss in ("doselo", "doselo_st", "engine"):
-        loss_fn = _WarmUp(loss_fn, warmup_epochs * len(loader), lam)
-    trainer = Trainer(model, loss_fn, lr=lr, scheduler=None, seed=seed, device=device, frozen=frozen,
-                      progress=progress, restore_best=False)
-    if surrogate is not None and loss == "engine":
-        surrogate.to(trainer.device)
-    history = trainer.fit(loader, epochs)
-    if surrogate is not None:
-        surrogate.cpu()
-    for net in frozen:
-        net.cpu()
-    return trainer.model.cpu().eval(), history
+    out = {BASELINE: BCESoftDiceLoss(),
+           "BCE (= hard DOSELO)": DoseGuidedLoss(predictor, lam=cfg.hard_lambda, hard=True)}
+    out.update({f"DOSELO λ={lam:g}": DoseGuidedLoss(predictor, lam=lam) for lam in cfg.lambdas})
+    out.update({f"DOSELO-ST λ={lam:g}": StraightThroughDoseGuidedLoss(predictor, lam) for lam in cfg.st_lambdas})
+    out[f"Engine λ={cfg.engine_lambda:g}"] = SurrogateGuidedLoss(surrogate, cfg.engine_lambda)
+    assert list(out) == arm_names(cfg)
+    return out
 
 
-class _WarmUp:
-    """Call ``inner`` with lambda = 0 for the first ``n_steps`` calls in training mode, then with ``lam``."""
-
-    def __init__(self, inner, n_steps, lam):
-        self.inner, self.n_steps, self.lam, self.calls = inner, int(n_steps), float(lam), 0
-
-    def __call__(self, pred, batch):
-        if torch.is_grad_enabled():
-            self.calls += 1
-        on = self.calls > self.n_steps
-        if isinstance(self.inner, (DoseGuidedLoss, StraightThroughDoseGuidedLoss)):
-            self.inner.lam = self.lam if on else 0.0
-            return self.inner(pred, batch)
-        return self.inner(pred, batch) if on else binary_cross_entropy(pred, batch["target"])
+def _auxiliary(loss: nn.Module, *nets) -> list:
+    """The networks among ``nets`` that ``loss`` holds (they go to ``fit(..., frozen=...)``)."""
+    return [net for net in nets if any(m is net for m in loss.modules())]
 
 
 @torch.no_grad()
@@ -424,31 +560,223 @@ def evaluate_segmentations(patients, masks, ref_doses=None, floor_fraction: floa
     return out
 
 
-def summarise(results: dict, baseline: str = "bce_dice", metrics=("rmae", "hd_mm", "hd95_mm", "dice")) -> list:
-    """One row per (model, metric): mean, sd, median and the paired Wilcoxon p-value against ``baseline``.
+# ---------------------------------------------------------------------------------------------------------------
+# data, one run, the tables
+# ---------------------------------------------------------------------------------------------------------------
+def load_data(cfg: Config, *, progress: bool = False) -> dict:
+    """Patients, plans and the trained dose predictor for ``cfg`` (the same for every segmentation seed).
 
-    ``results`` maps a model name to the list returned by :func:`evaluate_segmentations`.
-    NaN values (empty predictions) are dropped pairwise and counted.
+    Plans every predictor patient on its GTV and ``cfg.n_perturb`` perturbed GTVs,
+    and every segmentation patient on its GTV (the reference doses :math:`D_{S_T}`
+    of the evaluation) and ``cfg.held_out_perturb`` perturbed GTVs (the
+    predictor's held-out test: these patients are never seen by :math:`M_D`).
+    Then trains :math:`M_D` with :func:`rtlearn.train.fit`: deep supervision
+    :math:`0.5\\,\\mathrm{MSE}_M(\\hat D^{(1)}, D) + \\mathrm{MSE}_M(\\hat D^{(2)}, D)` over the
+    body in Gy² (:class:`~rtlearn.losses.cascade.CascadeLoss`), Adam with a cosine
+    learning-rate decay, seed ``cfg.predictor_seed``; the predictor is returned frozen.
+
+    Returns
+    -------
+    dict
+        ``dose_cases``, ``seg_cases`` (patients), ``train_md`` and ``held_out``
+        (:func:`dose_predictor_data`), ``ref_doses`` (``n_seg_cases x H x W``, Gy),
+        ``splits`` (:func:`cv_splits`), ``predictor`` (frozen, on the CPU),
+        ``predictor_history`` (per-epoch records), ``predictor_seconds`` and
+        ``predictor_accuracy`` (:func:`predictor_accuracy` on ``held_out``).
     """
-    if baseline not in results:
-        raise ValueError(f"baseline {baseline!r} not among the models {sorted(results)}")
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be a doselo.Config (see default_config), got {type(cfg).__name__}")
+    dose_cases = brain_cases(cfg.n_dose_cases, seed=cfg.dose_case_seed, shape=cfg.shape, spacing=cfg.spacing)
+    seg_cases = brain_cases(cfg.n_seg_cases, seed=cfg.seg_case_seed, shape=cfg.shape, spacing=cfg.spacing)
+    train_md = dose_predictor_data(dose_cases, n_perturb=cfg.n_perturb, seed=cfg.perturb_seed,
+                                   max_iter=cfg.plan_iter, progress=progress)
+    held_out = dose_predictor_data(seg_cases, n_perturb=cfg.held_out_perturb, seed=cfg.held_out_seed,
+                                   max_iter=cfg.plan_iter, progress=progress)
+    ref_doses = held_out["target"][held_out["kind"] == "reference"][:, 0]
+
+    with seeded(cfg.predictor_seed):
+        model = dose_predictor(cfg)
+    cosine = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=cfg.predictor_epochs)
+    result = fit(model, CascadeLoss(), shuffled(ArrayDataset(**{k: train_md[k] for k in ("input", "target", "mask")}),
+                                                cfg.predictor_batch),
+                 epochs=cfg.predictor_epochs, seed=cfg.predictor_seed, targets=("target", "mask"),
+                 lr=cfg.predictor_lr, scheduler=cosine, restore_best=False, progress=progress)
+    predictor = freeze(result.model.cpu().float())
+    return {"cfg": cfg, "dose_cases": dose_cases, "seg_cases": seg_cases, "train_md": train_md,
+            "held_out": held_out, "ref_doses": ref_doses,
+            "splits": cv_splits(cfg.n_seg_cases, cfg.n_folds, seed=cfg.split_seed, test_fraction=cfg.test_fraction),
+            "predictor": predictor, "predictor_history": result.history.records,
+            "predictor_seconds": result.seconds, "predictor_accuracy": predictor_accuracy(predictor, held_out)}
+
+
+def run(cfg: Config, seed: int = 0, *, data: dict | None = None, progress: bool = True) -> dict:
+    """Train every arm of ``cfg`` for ``seed`` and evaluate it on the test cases (a run record).
+
+    For every fold, each arm's U-Net is built inside :func:`rtlearn.train.seeded` with ``seed``
+    (the same initial weights for every loss) and trained by :func:`rtlearn.train.fit` with its
+    loss object (:func:`arms`), the frozen predictor or surrogate in ``frozen``, Adam at
+    ``cfg.seg_lr`` and the batch order of ``seed``. With ``cfg.patience`` the training stops early
+    on the arm's own validation loss and keeps its best weights; otherwise it runs
+    ``cfg.seg_epochs`` epochs and keeps the last weights. The predicted GTVs of the test cases
+    are then re-planned and scored (:func:`evaluate_segmentations`). The split, the patients and
+    the predictor do not depend on ``seed``, so test cases pair across seeds.
+
+    Returns
+    -------
+    dict
+        ``cases`` (test-case indices into ``data["seg_cases"]``), ``metrics`` ``{arm: {metric:
+        [per case]}}`` (:data:`METRICS`; NaN distances for an empty prediction), ``history`` ``{arm:
+        per-epoch records}`` (with their ``fold``), ``seconds`` ``{arm: training and evaluation
+        time}``, ``extras`` (the predictor's held-out error and training curve) and ``live``
+        (``masks`` and ``doses`` ``{arm: N x H x W}`` in case order, the trained ``models``
+        ``{arm: [one per fold]}``).
+    """
+    check_int(seed, "seed", 0)
+    if data is None:
+        data = load_data(cfg, progress=progress)
+    elif data.get("cfg") is not None and data["cfg"] != cfg:
+        raise ValueError("data was loaded for another config; call load_data(cfg) with this one")
+    predictor, seg_cases = data["predictor"], data["seg_cases"]
+    names = arm_names(cfg)
+    n = cfg.n_seg_cases
+    rows = {a: [None] * n for a in names}
+    masks = {a: np.zeros((n,) + tuple(cfg.shape), bool) for a in names}
+    doses = {a: np.zeros((n,) + tuple(cfg.shape), np.float32) for a in names}
+    history = {a: [] for a in names}
+    seconds = dict.fromkeys(names, 0.0)
+    models = {a: [] for a in names}
+    bar = tqdm(total=len(data["splits"]) * len(names), desc=f"seed {seed}: arms", disable=not progress)
+    for fold, (tr, te) in enumerate(data["splits"]):
+        fit_idx, val_idx = _validation_split(tr, cfg.n_val, cfg.split_seed, fold)
+        train_p = [seg_cases[i] for i in fit_idx] + [seg_cases[i] for i in val_idx]
+        test_p = [seg_cases[i] for i in te]
+        seg = segmentation_data(train_p, predictor)      # "case" indexes train_p, as the surrogate does
+        train_set = ArrayDataset(**{k: v[:len(fit_idx)] for k, v in seg.items()})
+        val_set = ArrayDataset(**{k: v[len(fit_idx):] for k, v in seg.items()}) if len(val_idx) else None
+        test = segmentation_data(test_p)
+        surrogate = BeamSurrogate(train_p)
+        for name, loss in arms(cfg, predictor, surrogate).items():
+            t0 = time.perf_counter()
+            with seeded(seed):
+                model = segmenter(cfg)
+            result = fit(model, loss, shuffled(train_set, cfg.seg_batch), val=val_set, epochs=cfg.seg_epochs,
+                         seed=seed, targets=None, lr=cfg.seg_lr, scheduler=None,
+                         frozen=_auxiliary(loss, predictor, surrogate), early_stopping=cfg.patience,
+                         restore_best=cfg.patience is not None, progress=False)
+            for net in (predictor, surrogate):
+                net.cpu()
+            model = result.model.cpu().eval()
+            pred = predict_masks(model, test)
+            res = evaluate_segmentations(test_p, pred, data["ref_doses"][te], max_iter=cfg.plan_iter,
+                                         keep_doses=True)
+            for i, r, m in zip(te, res, pred):
+                rows[name][i], masks[name][i], doses[name][i] = r, m, r["dose"]
+            history[name] += [{**rec, "fold": fold} for rec in result.history.records]
+            models[name].append(model)
+            seconds[name] += time.perf_counter() - t0
+            bar.update()
+    bar.close()
+    tested = sorted(int(i) for _, te in data["splits"] for i in te)
+    metrics = {a: {k: [float(rows[a][i][k]) for i in tested] for k in METRICS} for a in names}
+    acc = data["predictor_accuracy"]
+    extras = {"predictor": {"mae_gy": acc["mae_gy"], "mae_pct_rx": acc["mae_pct_rx"], "by_kind": acc["by_kind"],
+                            "train_loss": [r["train_loss"] for r in data["predictor_history"]],
+                            "seconds": data["predictor_seconds"]}}
+    return {"cases": tested, "metrics": metrics, "history": history, "seconds": seconds, "extras": extras,
+            "live": {"masks": {a: masks[a][tested] for a in names}, "doses": {a: doses[a][tested] for a in names},
+                     "models": models}}
+
+
+def _case_means(study, metric: str, arm: str) -> np.ndarray:
+    """Per-case values of ``metric`` for ``arm``, averaged over seeds (NaN where every seed is NaN)."""
+    v = study.metric(metric, arm)
+    out = np.full(v.shape[1], np.nan)
+    ok = np.isfinite(v).any(0)
+    out[ok] = np.nanmean(v[:, ok], axis=0)
+    return out
+
+
+def _mean_sd(v, digits: int) -> str:
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "–"
+    sd = f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else ""
+    return f"{v.mean():.{digits}f}{sd}"
+
+
+_METRIC_NAMES = {"rmae": "RMAE", "hd_mm": "HD (mm)", "hd95_mm": "HD95 (mm)", "dice": "Dice", "mae_gy": "MAE (Gy)",
+                 "far_fp": "far FP voxels", "empty": "empty masks"}
+
+
+def _untestable(study, claim) -> str | None:
+    """Why ``claim`` cannot be tested on ``study`` (fewer than 2 cases with values in both arms), else None."""
+    ok = np.isfinite(_case_means(study, claim.metric, claim.a)) & np.isfinite(_case_means(study, claim.metric, claim.b))
+    if ok.sum() >= 2:
+        return None
+    return (f"{claim.statement} ({claim.metric}, {claim.b} vs {claim.a}): **not testable**; only {int(ok.sum())} "
+            f"test case(s) have a value in both arms (distances are undefined for an empty prediction).")
+
+
+def judged(study) -> tuple:
+    """``(rows, notes)``: :func:`rtlearn.metrics.stats.judge` of :data:`CLAIMS` on ``study`` (one Holm correction),
+    and a note for each claim that cannot be tested (an arm without defined values, e.g. HD when every
+    prediction is empty), which is left out of the test."""
+    missing = sorted({a for c in CLAIMS for a in (c.a, c.b)} - set(study.arms))
+    if missing:
+        raise ValueError(f"the study has no arm(s) {missing}; it has {study.arms}")
+    notes = {c: _untestable(study, c) for c in CLAIMS}
+    testable = [c for c in CLAIMS if notes[c] is None]
+    return (judge(study, testable) if testable else []), [n for n in notes.values() if n]
+
+
+def verdicts(study) -> str:
+    """The verdict lines of the chapter: ``format_verdicts(judge(study, CLAIMS))`` (:func:`judged`), plus a line
+    for each claim that cannot be tested."""
+    rows, notes = judged(study)
+    return "\n".join(([format_verdicts(rows)] if rows else []) + [f"- {n}" for n in notes])
+
+
+def tables(study) -> Markdown:
+    """The chapter's two tables from a :class:`rtlearn.study.Study` (live or recorded), as Markdown.
+
+    1. Every arm: RMAE, HD, HD95 and Dice as mean ± sd over the test cases (each case
+       averaged over seeds first; the paper's convention, its rows below), the paired Dice
+       difference to the baseline (median, bootstrap 95 % interval: "at a similar Dice"),
+       far false-positive voxels and empty predictions (sums over the test cases, mean over
+       seeds). HD and HD95 skip empty predictions.
+    2. The paper's claims (:data:`CLAIMS`) judged by :func:`rtlearn.metrics.stats.judge` (:func:`judged`):
+       the paper's difference, ours as mean ± sd over seeds, the median paired difference with its
+       bootstrap 95 % interval, the Holm-adjusted p-value and the verdict; a note for a claim that
+       cannot be tested.
+    """
+    rows_judged, notes = judged(study)
+    base_dice = study.metric("dice", BASELINE)
     rows = []
-    for name, res in results.items():
-        for met in metrics:
-            v = np.array([r[met] for r in res], float)
-            ok = v[np.isfinite(v)]
-            row = {"model": name, "metric": met, "mean": float(ok.mean()) if ok.size else float("nan"),
-                   "sd": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
-                   "median": float(np.median(ok)) if ok.size else float("nan"), "n_nan": int(v.size - ok.size),
-                   "p": float("nan")}
-            if name != baseline:
-                b = np.array([r[met] for r in results[baseline]], float)
-                try:
-                    row["p"] = wilcoxon_summary(v, b)["p"]
-                except ValueError:
-                    pass
-            rows.append(row)
-    return rows
+    for arm in study.arms:
+        cells = [arm] + [_mean_sd(_case_means(study, m, arm), d)
+                         for m, d in (("rmae", 3), ("hd_mm", 1), ("hd95_mm", 1), ("dice", 3))]
+        if arm == BASELINE:
+            cells.append("")
+        else:
+            c = paired_comparison(base_dice, study.metric("dice", arm))
+            cells.append(f"{c['diff']:+.3f} [{c['ci_lo']:+.3f}, {c['ci_hi']:+.3f}]")
+        for m in ("far_fp", "empty"):
+            cells.append(f"{np.nanmean(np.nansum(study.metric(m, arm), axis=1)):.0f}")
+        rows.append(cells)
+    for key, label in (("bce_dice", "the paper: BCE+SoftDice"), ("doselo", "the paper: DOSELO λ=1")):
+        rows.append([label, "{:.3f} ± {:.3f}".format(*PAPER["RMAE"][key]),
+                     "{:.1f} ± {:.1f}".format(*PAPER["HD_mm"][key]), "–",
+                     "{:.3f} ± {:.3f}".format(*PAPER["Dice"][key]), "", "–", "–"])
+    n, s = len(study.cases), len(study.seeds)
+    summary = markdown_table(["Model", "RMAE", "HD (mm)", "HD95 (mm)", "Dice", "Dice − baseline [95 % CI]",
+                              "far FP voxels", "empty masks"], rows)
+    named = [{**r, "a": f"{_METRIC_NAMES.get(r['metric'], r['metric'])}: {r['a']}"} for r in rows_judged]
+    claims = "\n".join(([format_comparison(named, digits=3)] if named else [])
+                       + [f"\n{n}" for n in notes])
+    return Markdown(f"**All arms** ({n} test cases, {s} seed(s); mean ± sd over the cases):\n\n{summary}\n\n"
+                    f"**The paper's claims** (ours: mean ± sd over seeds; difference: median over the cases of "
+                    f"DOSELO − baseline):\n\n{claims}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -479,4 +807,185 @@ def blob_demo(seed: int = 3, shape=(64, 64), spacing=3.6, blob_radius_mm: float 
         d = plan_dose(p, m, max_iter=max_iter)
         out[name] = {"mask": m, "dose": d, "dice": dice(m, gt), "hd_mm": hausdorff(m, gt, p.spacing),
                      "rmae": rmae(d, ref, mask=p.body, rx=RX_GY), "mae_gy": float(np.abs(d - ref)[p.body].mean())}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------------------------
+def _extent(shape, spacing):
+    return [0, shape[1] * spacing[1], shape[0] * spacing[0], 0]
+
+
+def blob_figure(demo: dict):
+    """The plan on the true GTV and the dose differences (Gy) of the blob and the shifted GTV (:func:`blob_demo`)."""
+    import matplotlib.pyplot as plt
+
+    p = demo["patient"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=80)
+    dose_slice(axes[0], demo["ref"], {"GTV": p.masks["GTV"]}, spacing=p.spacing, title="Plan on the true GTV")
+    ext = _extent(p.shape, p.spacing)
+    for ax, name, title in ((axes[1], "blob", "GTV + distant blob"), (axes[2], "shift", "GTV shifted 1 voxel")):
+        im = ax.imshow(demo[name]["dose"] - demo["ref"], cmap="RdBu_r", vmin=-40, vmax=40, extent=ext)
+        ax.contour(demo[name]["mask"], levels=[0.5], colors="k", linewidths=1, extent=[0, ext[1], 0, ext[2]],
+                   origin="upper")
+        ax.set_title(f"{title}: dose difference\nDice {demo[name]['dice']:.2f}, RMAE {demo[name]['rmae']:.2f}")
+        ax.set_xlabel("x (mm)")
+        ax.set_ylabel("y (mm)")
+        fig.colorbar(im, ax=ax, label="Δ dose (Gy)")
+    return fig
+
+
+def pipeline_figure():
+    """The DOSELO pipeline as a block diagram (after Fig. 1 of Rüfenacht et al. 2023)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(10, 3.6), dpi=80)
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 4)
+    ax.axis("off")
+    w, h = 1.6, 0.9                                            # box size
+    top, mid, bottom = 2.6, 1.55, 0.5                          # rows of boxes (lower edges)
+    boxes = {"MR": (0.1, top, "MR: T1, T1c,\nT2, FLAIR", "#f2f2f2"),
+             "MS": (1.9, top, "$M_S$\n(U-Net, trained)", "#cfe8cf"),
+             "Shat": (3.8, top, r"$\hat S_T$ (soft)", "#f2f2f2"),
+             "aux": (3.8, mid, "$S_{OR}$, $I_{CT}$", "#f2f2f2"),
+             "ST": (3.8, bottom, "$S_T$ (true GTV)", "#f2f2f2"),
+             "MD1": (5.7, top, "$M_D$ (frozen\ncascade U-Net)", "#dde3f0"),
+             "MD2": (5.7, bottom, "$M_D$ (frozen\ncascade U-Net)", "#dde3f0"),
+             "L": (7.9, mid, "$L_{BCE} + \\lambda L_{DSL}$", "#f6dcc8")}
+    for x, y, text, color in boxes.values():
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="k"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=9)
+
+    def right(key, dy=0.0):
+        x, y = boxes[key][:2]
+        return x + w, y + h / 2 + dy
+
+    def left(key, dy=0.0):
+        x, y = boxes[key][:2]
+        return x, y + h / 2 + dy
+
+    links = [(right("MR"), left("MS")), (right("MS"), left("Shat")), (right("Shat"), left("MD1")),
+             (right("ST"), left("MD2")), (right("aux"), left("MD1", -0.25)), (right("aux"), left("MD2", 0.25)),
+             (right("MD1"), left("L", 0.3)), (right("MD2"), left("L", -0.3))]
+    for start, end in links:
+        ax.annotate("", end, start, arrowprops=dict(arrowstyle="->", lw=1.2))
+    ax.annotate("", (8.9, 1.5), (4.6, 0.45), arrowprops=dict(arrowstyle="->", lw=1, connectionstyle="arc3,rad=0.25"))
+    ax.text(7.6, 0.1, "$S_T$ (for $L_{BCE}$)", fontsize=8)
+    ax.text(7.6, 3.25, r"$\hat D_P$", fontsize=10)
+    ax.text(7.6, 0.6, "$D_P$", fontsize=10)
+    ax.annotate("", (2.7, 2.55), (8.7, 1.5), arrowprops=dict(arrowstyle="->", lw=1, ls="--", color="C3",
+                                                             connectionstyle="arc3,rad=-0.25"))
+    ax.text(2.7, 1.9, "gradient (through $M_D$,\nnot into it)", color="C3", fontsize=8, ha="center")
+    ax.set_title("DOSELO (after Fig. 1 of Rüfenacht et al. 2023)")
+    return fig
+
+
+def perturbation_figure(data: dict, case: int = 1):
+    """The plans (Gy) of one predictor patient: on its GTV and on each perturbed GTV (contour: the target)."""
+    import matplotlib.pyplot as plt
+
+    md = data["train_md"]
+    sel = np.flatnonzero(md["case"] == case)
+    if sel.size == 0:
+        raise ValueError(f"no predictor patient {case}; there are {len(data['dose_cases'])}")
+    fig, axes = plt.subplots(1, len(sel), figsize=(3.3 * len(sel), 3.2), dpi=80, squeeze=False)
+    for ax, j in zip(axes[0], sel):
+        dose_slice(ax, md["target"][j, 0], {"target": md["input"][j, 0] > 0}, spacing=data["dose_cases"][case].spacing,
+                   title=str(md["kind"][j]), colorbar=(j == sel[-1]))
+    return fig
+
+
+def predictor_figure(data: dict, kind: str = "blobs"):
+    """Planned dose, :math:`M_D`'s prediction (both Gy) and their difference on the first held-out ``kind`` sample."""
+    import matplotlib.pyplot as plt
+
+    held = data["held_out"]
+    js = np.flatnonzero(held["kind"] == kind)
+    if js.size == 0:
+        raise ValueError(f"no held-out sample of kind {kind!r}; kinds: {sorted(set(held['kind'].tolist()))}")
+    j = int(js[0])
+    with torch.no_grad():
+        pred = data["predictor"](torch.as_tensor(held["input"][j:j + 1]), return_stages=False)[0, 0].numpy()
+    pred = np.clip(pred * held["mask"][j, 0], 0, None)   # inside the body (the loss only sees the body)
+    sp = data["seg_cases"][int(held["case"][j])].spacing
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=80)
+    m = {"target": held["input"][j, 0] > 0}
+    dose_slice(axes[0], held["target"][j, 0], m, spacing=sp, title=f"planned ({kind} target)")
+    dose_slice(axes[1], pred, m, spacing=sp, title="$M_D$ prediction")
+    im = axes[2].imshow(pred - held["target"][j, 0], cmap="RdBu_r", vmin=-15, vmax=15,
+                        extent=_extent(pred.shape, sp))
+    axes[2].set_title("prediction − plan")
+    axes[2].set_xlabel("x (mm)")
+    axes[2].set_ylabel("y (mm)")
+    fig.colorbar(im, ax=axes[2], label="Δ dose (Gy)")
+    return fig
+
+
+def rmae_figure(study, arms_shown=None):
+    """Per-case RMAE of every arm (seed means), cases sorted by the baseline's RMAE (after the paper's Fig. 2)."""
+    import matplotlib.pyplot as plt
+
+    names = list(arms_shown or study.arms)
+    base = _case_means(study, "rmae", BASELINE)
+    order = np.argsort(-base, kind="stable")
+    fig, ax = plt.subplots(figsize=(11, 3.8), dpi=80)
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        v = _case_means(study, "rmae", name)[order]
+        ax.bar(np.arange(len(order)) + (k - len(names) / 2 + 0.5) * width, v, width, label=name)
+    ax.set_xticks(np.arange(len(order)), [str(study.cases[i]) for i in order])
+    ax.set_xlabel("test case (sorted by the baseline's RMAE)")
+    ax.set_ylabel("RMAE (planned on prediction vs truth)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    return fig
+
+
+def worst_cases_figure(record: dict, data: dict, arms_shown=None, n: int = 3):
+    """The baseline's ``n`` worst test cases: T1c with the true GTV, the reference dose and the dose differences
+    :math:`D_{S_T} - D_{\\hat S_T}` (Gy) of ``arms_shown`` with their predicted GTVs (white), from a live run."""
+    import matplotlib.pyplot as plt
+
+    if "live" not in record:
+        raise ValueError("the worst-case figure needs a live run record (run(...)), with its masks and doses")
+    names = list(arms_shown or [a for a in record["metrics"]][:4])
+    cases = record["cases"]
+    rm = {a: np.asarray(record["metrics"][a]["rmae"]) for a in names}
+    dc = {a: np.asarray(record["metrics"][a]["dice"]) for a in names}
+    base = np.asarray(record["metrics"][BASELINE]["rmae"])
+    worst = np.argsort(-base, kind="stable")[:n]
+    fig, axes = plt.subplots(len(worst), 2 + len(names), figsize=(2.6 * (2 + len(names)), 2.6 * len(worst)),
+                             dpi=80, squeeze=False)
+    im0 = im = None
+    for row, i in enumerate(worst):
+        case = cases[i]
+        p = data["seg_cases"][case]
+        ref = data["ref_doses"][case]
+        axes[row, 0].imshow(p.mr["T1c"], cmap="gray")
+        axes[row, 0].contour(p.masks["GTV"], levels=[0.5], colors="k", linewidths=1)
+        axes[row, 0].set_title(f"case {case}: T1c", fontsize=9)
+        im0 = axes[row, 1].imshow(ref, cmap="jet", vmin=0, vmax=66)
+        axes[row, 1].set_title("reference dose", fontsize=9)
+        for col, name in enumerate(names, start=2):
+            mask = record["live"]["masks"][name][i]
+            im = axes[row, col].imshow(ref - record["live"]["doses"][name][i], cmap="RdBu_r", vmin=-40, vmax=40)
+            if mask.any():
+                axes[row, col].contour(mask, levels=[0.5], colors="w", linewidths=0.8)
+            axes[row, col].set_title(f"Ref − {name}\nRMAE {rm[name][i]:.2f}, Dice {dc[name][i]:.2f}", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.colorbar(im0, ax=axes[:, 1], label="dose (Gy)", shrink=0.6)
+    fig.colorbar(im, ax=axes[:, 2:], label="dose difference (Gy)", shrink=0.6)
+    return fig
+
+
+def figures(study, *, record: dict | None = None, data: dict | None = None, arms_shown=None) -> dict:
+    """The results figures: ``rmae`` (:func:`rmae_figure`, from any study) and, for a live run with its
+    data, ``worst_cases`` (:func:`worst_cases_figure`)."""
+    out = {"rmae": rmae_figure(study)}
+    if record is not None and data is not None and "live" in record:
+        out["worst_cases"] = worst_cases_figure(record, data, arms_shown)
     return out

@@ -30,9 +30,11 @@ from .overlap import (
     tversky_loss,
 )
 from .dose_guided import (
+    BCELoss,
     BCESoftDiceLoss,
     DoseGuidedLoss,
     StraightThroughDoseGuidedLoss,
+    SurrogateGuidedLoss,
     assemble_dose_input,
     bce_soft_dice_loss,
     binary_cross_entropy,
@@ -45,13 +47,15 @@ from .dose_guided import (
     true_target_dose,
 )
 from .dose import MaskedMAELoss, MaskedMSELoss, masked_mae, masked_mse
-from .dvh import DVHLoss, MAEPlusDVHLoss, dvh_loss, dvh_thresholds, soft_dvh
+from .dvh import DVHLoss, MAEPlusDVHLoss, dvh_loss, dvh_thresholds, mae_plus_dvh_loss, soft_dvh
 from .region import (
     AdaptiveRegionSpecificLoss,
     RegionSpecificLoss,
+    SumOfLosses,
     adaptive_region_specific_loss,
     adaptive_tversky_weights,
     region_specific_loss,
+    sum_of_losses,
 )
 from .sharp import SharpLoss, demarcation_dose, sharp_loss, sharp_loss_grad, sharp_weight
 
@@ -71,7 +75,8 @@ __all__ = [
     # dose-guided segmentation (DOSELO)
     "dose_guided_loss", "dose_segmentation_loss", "DoseGuidedLoss", "true_target_dose", "assemble_dose_input",
     "freeze", "binary_cross_entropy", "soft_dice_loss", "bce_soft_dice_loss", "BCESoftDiceLoss",
-    "straight_through", "StraightThroughDoseGuidedLoss", "surrogate_guided_loss",
+    "straight_through", "StraightThroughDoseGuidedLoss", "surrogate_guided_loss", "SurrogateGuidedLoss", "BCELoss",
+    "mae_plus_dvh_loss", "SumOfLosses", "sum_of_losses",
     # deep supervision of a cascade
     "cascade_loss", "CascadeLoss", "DEEP_SUPERVISION_WEIGHTS",
 ]

@@ -28,8 +28,9 @@ may be precomputed (:func:`true_target_dose`) or cached per batch
 **Beyond the paper.** :class:`StraightThroughDoseGuidedLoss` feeds :math:`M_D`
 the *thresholded* mask in the forward pass (binary, like its training data)
 while the gradient flows to the probabilities as if the mask were soft
-(:func:`straight_through`); :func:`surrogate_guided_loss` replaces the learned
-:math:`M_D` by a differentiable physical dose of the target
+(:func:`straight_through`); :func:`surrogate_guided_loss` (module form
+:class:`SurrogateGuidedLoss`) replaces the learned :math:`M_D` by a
+differentiable physical dose of the target
 (:class:`rtlearn.phantom.surrogate.BeamSurrogate`).
 
 **Masking.** With a possible-dose (body) mask :math:`M`, both doses are
@@ -60,8 +61,8 @@ from ._checks import as_bool_mask, check_choice, check_finite, check_tensor
 __all__ = [
     "DEFAULT_ORDER", "freeze", "expected_in_channels", "assemble_dose_input", "predict_dose", "true_target_dose",
     "dose_segmentation_loss", "dose_guided_loss", "DoseGuidedLoss",
-    "binary_cross_entropy", "soft_dice_loss", "bce_soft_dice_loss", "BCESoftDiceLoss",
-    "straight_through", "StraightThroughDoseGuidedLoss", "surrogate_guided_loss",
+    "binary_cross_entropy", "BCELoss", "soft_dice_loss", "bce_soft_dice_loss", "BCESoftDiceLoss",
+    "straight_through", "StraightThroughDoseGuidedLoss", "surrogate_guided_loss", "SurrogateGuidedLoss",
 ]
 
 #: Default channel order of the dose predictor's input.
@@ -485,6 +486,9 @@ class DoseGuidedLoss(nn.Module):
         self.cache_hits = 0
         self.last_terms: dict = {}
 
+    def extra_repr(self) -> str:
+        return f"lam={self.lam:g}, hard={self.hard}, average={self.average!r}"
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.predictor.eval()  # the predictor stays frozen
@@ -522,6 +526,29 @@ class DoseGuidedLoss(nn.Module):
         self.last_terms = {"bce": float(terms["bce"].detach()), "dsl": float(terms["dsl"].detach()),
                            "total": float(total.detach())}
         return total
+
+
+class BCELoss(nn.Module):
+    r"""Module form of :func:`binary_cross_entropy`: :math:`-\frac1N\sum_i [w\,g_i\log p_i + (1-g_i)\log(1-p_i)]`.
+
+    Call as ``loss(pred, target)`` or ``loss(pred, batch)`` with a dict batch
+    holding ``target``. ``pred`` holds logits (``logits=True``) or probabilities.
+    """
+
+    def __init__(self, *, logits: bool = True, pos_weight=None):
+        super().__init__()
+        if pos_weight is not None and (isinstance(pos_weight, bool) or not isinstance(pos_weight, numbers.Real)
+                                       or not pos_weight > 0):
+            raise ValueError(f"pos_weight must be a positive number or None, got {pos_weight!r}")
+        self.logits, self.pos_weight = logits, pos_weight
+
+    def extra_repr(self) -> str:
+        return f"logits={self.logits}, pos_weight={self.pos_weight}"
+
+    def forward(self, pred, target):
+        if isinstance(target, dict):
+            target = target["target"]
+        return binary_cross_entropy(pred, target, logits=self.logits, pos_weight=self.pos_weight)
 
 
 class BCESoftDiceLoss(nn.Module):
@@ -578,6 +605,9 @@ class StraightThroughDoseGuidedLoss(nn.Module):
         self.lam = _check_lam(lam)
         self.threshold = _check_threshold(threshold)
 
+    def extra_repr(self) -> str:
+        return f"lam={self.lam:g}, threshold={self.threshold:g}"
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.predictor.eval()  # the predictor stays frozen
@@ -614,3 +644,41 @@ def surrogate_guided_loss(logits, batch: dict, surrogate: nn.Module, lam: float 
         ref = surrogate(t, case, scale=scale)
     d_hat = surrogate(torch.sigmoid(logits), case, scale=scale)
     return bce + float(lam) * ((d_hat - ref.to(d_hat.dtype)) ** 2).mean()
+
+
+class SurrogateGuidedLoss(nn.Module):
+    r"""Module form of :func:`surrogate_guided_loss` (not in the paper): BCE plus a physical dose term.
+
+    .. math:: L = L_{BCE} + \lambda\,\frac1N\sum_i \big(D(S_T)_i - D(\hat S_T)_i\big)^2,
+              \qquad D(S) = c\,A A^\top S,
+
+    with :math:`D` the beam surrogate of the dose engine
+    (:class:`rtlearn.phantom.surrogate.BeamSurrogate`) in place of DOSELO's
+    learned :math:`M_D` (Eqs. 1 and 4 of Rüfenacht et al. 2023 otherwise), and
+    :math:`c` fixed by the true target. Call as ``loss(logits, batch)`` with a
+    dict batch holding ``target`` and ``case`` (indices into the surrogate's
+    patients). With ``lam == 0`` it is the BCE alone.
+
+    Parameters
+    ----------
+    surrogate : nn.Module
+        The dose surrogate (its ``scale_for`` and ``forward(target, case, scale=...)``).
+    lam : float
+        Weight :math:`\lambda \ge 0` of the dose term (Gy^-2).
+    """
+
+    def __init__(self, surrogate: nn.Module, lam: float = 1.0):
+        super().__init__()
+        if not isinstance(surrogate, nn.Module):
+            raise TypeError(f"surrogate must be a torch.nn.Module, got {type(surrogate).__name__}")
+        self.surrogate = surrogate
+        self.lam = _check_lam(lam)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam:g}"
+
+    def forward(self, logits, batch):
+        if not isinstance(batch, dict):
+            raise TypeError(f"SurrogateGuidedLoss needs a dict batch with 'target' and 'case', got "
+                            f"{type(batch).__name__}")
+        return surrogate_guided_loss(logits, batch, self.surrogate, self.lam)

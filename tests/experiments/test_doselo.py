@@ -1,18 +1,27 @@
-"""The DOSELO experiment driver (rtlearn.experiments.doselo) on tiny phantom brains."""
+"""The DOSELO chapter module (rtlearn.experiments.doselo) on tiny phantom brains."""
 from __future__ import annotations
+
+import dataclasses
+import functools
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from rtlearn.experiments import doselo as X
-from rtlearn.losses.dose_guided import DoseGuidedLoss, dose_segmentation_loss, freeze, straight_through
+from rtlearn.losses.cascade import CascadeLoss
+from rtlearn.losses.dose_guided import (BCELoss, BCESoftDiceLoss, DoseGuidedLoss, StraightThroughDoseGuidedLoss,
+                                        SurrogateGuidedLoss, dose_segmentation_loss, freeze, straight_through)
 from rtlearn.metrics.dosimetric import rmae
+from rtlearn.metrics.stats import format_verdicts, judge
 from rtlearn.models.cascade import CascadeUNet
 from rtlearn.models.scaled import ScaledDose
 from rtlearn.models.unet import UNet
 from rtlearn.phantom.perturb import KINDS
 from rtlearn.phantom.surrogate import BeamSurrogate
+from rtlearn.study import from_runs, parse_seeds, validate_record
+from rtlearn.train import fit, seeded
 
 torch.set_num_threads(1)
 SHAPE, SP = (48, 48), 4.8
@@ -28,9 +37,82 @@ def dose_data(patients):
     return X.dose_predictor_data(patients[:2], n_perturb=2, seed=0, max_iter=30)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = X.default_config("study", **X.TINY)
+    return cfg, X.load_data(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_record(tiny):
+    cfg, data = tiny
+    return X.run(cfg, 0, data=data, progress=False)
+
+
 def _predictor(seed=0):
     torch.manual_seed(seed)
     return freeze(ScaledDose(CascadeUNet(6, 1, depth=2, width=4), X.RX_GY))
+
+
+def _train(loss, data, seed, epochs=2, frozen=()):
+    """One segmenter trained as run() trains an arm (tiny sizes)."""
+    with seeded(seed):
+        model = UNet(4, 1, depth=2, width=4)
+    return fit(model, loss, X.shuffled(X.ArrayDataset(**data), 2), epochs=epochs, seed=seed, targets=None,
+               lr=2e-3, scheduler=None, frozen=list(frozen), restore_best=False, progress=False).model
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ------------------------------------------------------------------------------------------------ configuration
+def test_default_config_profiles():
+    q = X.default_config("quick")
+    assert (q.n_dose_cases, q.n_perturb, q.n_seg_cases, q.n_folds, q.n_val, q.shape, q.spacing) == \
+        (24, 3, 32, 1, 0, (64, 64), 3.6)
+    assert (q.predictor_epochs, q.predictor_width, q.predictor_depth, q.predictor_batch, q.predictor_lr) == \
+        (30, 8, 3, 16, 2e-3)
+    assert (q.seg_epochs, q.seg_width, q.seg_depth, q.seg_batch, q.seg_lr, q.patience) == (40, 8, 3, 4, 2e-3, None)
+    assert (q.lambdas, q.st_lambdas, q.engine_lambda, q.hard_lambda) == ((0.001, 0.1, 1.0), (0.01, 1.0), 1e-5, 1.0)
+    assert X.arm_names(q) == ["BCE+SoftDice", "BCE (= hard DOSELO)", "DOSELO λ=0.001", "DOSELO λ=0.1",
+                              "DOSELO λ=1", "DOSELO-ST λ=0.01", "DOSELO-ST λ=1", "Engine λ=1e-05"]
+    s = X.default_config("study")
+    assert s.patience is not None and s.n_val >= 1 and s.seg_epochs > q.seg_epochs   # early stopping, to convergence
+    assert s.n_seg_cases > q.n_seg_cases and s.n_folds >= 2 and s.n_dose_cases > q.n_dose_cases
+    assert len(parse_seeds(X.STUDY_SEEDS)) >= 3
+    assert X.arm_names(s) == X.arm_names(q)                                           # the same science
+    f = X.default_config("full")
+    assert (f.shape, f.n_dose_cases, f.n_perturb, f.n_seg_cases, f.n_folds) == ((128, 128), 200, 8, 50, 5)
+    assert f.lambdas == (0.001, 0.01, 0.1, 1.0) and (f.seg_width, f.seg_batch) == (32, 16)
+    assert X.default_config("study", seg_epochs=3).seg_epochs == 3
+    assert f"{s.n_seg_cases} segmentation patients" in X.describe(s)
+    with pytest.raises(ValueError, match="not a profile"):
+        X.default_config("huge")
+    with pytest.raises(ValueError, match="unknown DOSELO config field"):
+        X.default_config("quick", n_epochs=3)
+    with pytest.raises(ValueError, match="patience"):
+        X.default_config("quick", patience=5)                   # early stopping without a validation set
+    with pytest.raises(ValueError, match="lambdas"):
+        X.default_config("quick", lambdas=(-1.0,))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        q.seg_epochs = 1
+
+
+def test_default_config_reads_the_profile(monkeypatch):
+    monkeypatch.setenv("RTLEARN_PROFILE", "study")
+    assert X.default_config() == X.default_config("study")
+    monkeypatch.delenv("RTLEARN_PROFILE")
+    assert X.default_config() == X.default_config("quick")
+
+
+def test_claims_reference_arms_and_metrics():
+    for cfg in (X.default_config(p) for p in ("quick", "study", "full")):
+        for c in X.CLAIMS:
+            assert c.a in X.arm_names(cfg) and c.b in X.arm_names(cfg) and c.metric in X.METRICS
+    assert [c.metric for c in X.CLAIMS] == ["rmae", "hd_mm"] and all(c.direction == "lower" for c in X.CLAIMS)
+    assert X.CLAIMS[0].paper == pytest.approx(0.258 - 0.449) and X.CLAIMS[1].paper == pytest.approx(28.68 - 64.06)
 
 
 # ------------------------------------------------------------------------------------------- data and planning
@@ -86,11 +168,30 @@ def test_array_dataset_rejects_ragged():
     assert len(ds) == 3 and set(ds[0]) == {"a"}
 
 
+def test_cv_splits():
+    folds = X.cv_splits(11, 5, seed=0)
+    tests = np.concatenate([te for _, te in folds])
+    assert sorted(tests) == list(range(11)) and len(folds) == 5
+    for tr, te in folds:
+        assert not set(tr) & set(te) and len(tr) + len(te) == 11 and len(te) in (2, 3)
+    (tr, te), = X.cv_splits(32, 1, seed=0)
+    assert len(te) == 8 and len(tr) == 24 and not set(tr) & set(te)
+    assert [t.tolist() for t in X.cv_splits(32, 1, seed=0)[0]] == [tr.tolist(), te.tolist()]
+    with pytest.raises(ValueError, match="n_folds"):
+        X.cv_splits(3, 4)
+
+
 # ----------------------------------------------------------------------------------------------- the predictor
-def test_train_dose_predictor_learns_and_is_frozen(dose_data):
-    model, hist = X.train_dose_predictor(dose_data, epochs=6, width=4, depth=2, lr=5e-3, batch_size=3)
-    assert hist["train_loss"][-1] < hist["train_loss"][0]
-    assert not model.training and not any(p.requires_grad for p in model.parameters())
+def test_dose_predictor_learns_with_fit_and_accuracy(dose_data):
+    cfg = X.default_config("study", **X.TINY)
+    with seeded(0):
+        model = X.dose_predictor(cfg)
+    cosine = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=6)
+    ds = X.ArrayDataset(**{k: dose_data[k] for k in ("input", "target", "mask")})
+    res = fit(model, CascadeLoss(), X.shuffled(ds, 3), epochs=6, targets=("target", "mask"), lr=5e-3,
+              scheduler=cosine, restore_best=False, progress=False)
+    assert res.history["train_loss"][-1] < res.history["train_loss"][0]
+    model = freeze(res.model)
     acc = X.predictor_accuracy(model, dose_data)
     per = acc["per_sample_gy"]
     # independent check of the reported MAE on sample 0
@@ -100,6 +201,20 @@ def test_train_dose_predictor_learns_and_is_frozen(dose_data):
     assert per[0] == pytest.approx(np.abs(pred - dose_data["target"][0, 0])[m].mean(), rel=1e-5)
     assert acc["mae_pct_rx"] == pytest.approx(100 * acc["mae_gy"] / 60.0)
     assert set(acc["by_kind"]) == set(dose_data["kind"])
+
+
+def test_load_data_shares_a_frozen_predictor(tiny):
+    cfg, data = tiny
+    p = data["predictor"]
+    assert not p.training and not any(q.requires_grad for q in p.parameters())
+    assert len(data["predictor_history"]) == cfg.predictor_epochs
+    assert data["ref_doses"].shape == (cfg.n_seg_cases,) + cfg.shape
+    # the reference doses are the plans on the true GTVs
+    p0 = data["seg_cases"][0]
+    assert np.array_equal(data["ref_doses"][0], X.plan_dose(p0, p0.masks["GTV"], max_iter=cfg.plan_iter))
+    assert data["predictor_accuracy"]["mae_gy"] > 0
+    with pytest.raises(TypeError, match="Config"):
+        X.load_data({"n_seg_cases": 3})
 
 
 # ------------------------------------------------------------------------------------------------ the DOSELO loss
@@ -127,35 +242,55 @@ def test_doselo_loss_zero_for_truth_and_gradient_reaches_only_segmenter(patients
 
 def test_hard_variant_trains_exactly_like_bce(patients):
     data = X.segmentation_data(patients[:2], predictor=_predictor())
-    kw = dict(epochs=2, width=4, depth=2, batch_size=2, seed=3)
-    a, _ = X.train_segmenter(data, "doselo_hard", lam=1.0, predictor=_predictor(), **kw)
-    b, _ = X.train_segmenter(data, "bce", **kw)
-    c, _ = X.train_segmenter(data, "doselo", lam=1.0, predictor=_predictor(), **kw)
-    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)              # no gradient from the hard dose term
-    assert not all(torch.equal(sa[k], sc[k]) for k in sa)          # the soft one changes training
+    pred = _predictor()
+    a = _train(DoseGuidedLoss(pred, lam=1.0, hard=True), data, 3, frozen=[pred])
+    b = _train(BCELoss(), data, 3)
+    c = _train(DoseGuidedLoss(pred, lam=1.0), data, 3, frozen=[pred])
+    assert _same_weights(a, b)                  # no gradient from the hard dose term
+    assert not _same_weights(a, c)              # the soft one changes training
 
 
-def test_train_segmenter_deterministic_and_bad_input(patients):
+def test_segmenter_training_deterministic_and_bad_input(patients):
     data = X.segmentation_data(patients[:2])
-    kw = dict(epochs=1, width=4, depth=2, batch_size=2, seed=1)
-    a, _ = X.train_segmenter(data, "bce_dice", **kw)
-    b, _ = X.train_segmenter(data, "bce_dice", **kw)
-    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    a = _train(BCESoftDiceLoss(), data, 1, epochs=1)
+    b = _train(BCESoftDiceLoss(), data, 1, epochs=1)
+    assert _same_weights(a, b)
     masks = X.predict_masks(a, data)
     assert masks.shape == (2,) + SHAPE and masks.dtype == bool
     with pytest.raises(ValueError, match="lam"):
-        X.train_segmenter(data, "doselo", lam=-1.0, predictor=_predictor(), **kw)
-    with pytest.raises(ValueError, match="loss must be one of"):
-        X.train_segmenter(data, "dice", **kw)
-    with pytest.raises(ValueError, match="needs the trained dose predictor"):
-        X.train_segmenter(data, "doselo", **kw)
-    with pytest.raises(ValueError, match="true_dose"):
-        X.train_segmenter(data, "doselo", predictor=_predictor(), **kw)
+        DoseGuidedLoss(_predictor(), lam=-1.0)
     # a predictor whose input channels do not match S_T + 4 OARs + CT
     wrong = freeze(ScaledDose(CascadeUNet(3, 1, depth=2, width=4), X.RX_GY))
     with pytest.raises(ValueError, match="input channels"):
         X.segmentation_data(patients[:2], predictor=wrong)
+
+
+def test_arms_are_loss_objects(patients):
+    cfg = X.default_config("quick")
+    pred = _predictor()
+    sur = BeamSurrogate(patients[:2], n_beams=5, beamlet_mm=9.6)
+    arms = X.arms(cfg, pred, sur)
+    assert list(arms) == X.arm_names(cfg)
+    assert all(isinstance(loss, torch.nn.Module) for loss in arms.values())
+    assert arms["BCE (= hard DOSELO)"].hard and not arms["DOSELO λ=1"].hard and arms["DOSELO λ=0.1"].lam == 0.1
+    assert isinstance(arms["DOSELO-ST λ=0.01"], StraightThroughDoseGuidedLoss)
+    assert isinstance(arms["Engine λ=1e-05"], SurrogateGuidedLoss) and arms["Engine λ=1e-05"].surrogate is sur
+    assert X._auxiliary(arms["DOSELO λ=1"], pred, sur) == [pred]
+    assert X._auxiliary(arms["Engine λ=1e-05"], pred, sur) == [sur]
+    assert X._auxiliary(arms[X.BASELINE], pred, sur) == []
+
+
+def test_straight_through_mask_and_loss(patients):
+    p = torch.tensor([[0.2, 0.5, 0.7]], requires_grad=True)
+    st = straight_through(p)
+    assert torch.equal(st.detach(), torch.tensor([[0.0, 1.0, 1.0]]))
+    (st * torch.tensor([[1.0, 2.0, 3.0]])).sum().backward()
+    assert torch.equal(p.grad, torch.tensor([[1.0, 2.0, 3.0]]))    # identity gradient
+    data = X.segmentation_data(patients[:2], predictor=_predictor())
+    pred = _predictor()
+    st_model = _train(StraightThroughDoseGuidedLoss(pred, 1.0), data, 4, epochs=1, frozen=[pred])
+    bce = _train(BCELoss(), data, 4, epochs=1)
+    assert not _same_weights(st_model, bce)
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -179,21 +314,6 @@ def test_evaluate_perfect_and_blob(patients):
         X.evaluate_segmentations(pats, gts[:1], refs)
 
 
-def test_summarise_wilcoxon():
-    from scipy.stats import wilcoxon
-
-    rng = np.random.default_rng(0)
-    base = [{"rmae": v, "dice": 0.5} for v in rng.uniform(0.2, 0.6, 8)]
-    new = [{"rmae": r["rmae"] * 0.5, "dice": 0.5} for r in base]
-    rows = X.summarise({"bce_dice": base, "doselo": new}, metrics=("rmae", "dice"))
-    row = next(r for r in rows if r["model"] == "doselo" and r["metric"] == "rmae")
-    assert row["p"] == pytest.approx(wilcoxon([r["rmae"] for r in new], [r["rmae"] for r in base]).pvalue)
-    assert row["mean"] == pytest.approx(np.mean([r["rmae"] for r in new]))
-    assert next(r for r in rows if r["model"] == "doselo" and r["metric"] == "dice")["p"] == 1.0
-    with pytest.raises(ValueError, match="baseline"):
-        X.summarise({"doselo": new})
-
-
 def test_blob_demo_distant_blob_costs_dice_little_but_moves_dose():
     demo = X.blob_demo(seed=3, max_iter=60)
     blob, shift = demo["blob"], demo["shift"]
@@ -202,43 +322,112 @@ def test_blob_demo_distant_blob_costs_dice_little_but_moves_dose():
     assert blob["hd_mm"] > 50
 
 
-def test_cv_splits():
-    folds = X.cv_splits(11, 5, seed=0)
-    tests = np.concatenate([te for _, te in folds])
-    assert sorted(tests) == list(range(11)) and len(folds) == 5
-    for tr, te in folds:
-        assert not set(tr) & set(te) and len(tr) + len(te) == 11 and len(te) in (2, 3)
-    (tr, te), = X.cv_splits(32, 1, seed=0)
-    assert len(te) == 8 and len(tr) == 24 and not set(tr) & set(te)
-    assert [t.tolist() for t in X.cv_splits(32, 1, seed=0)[0]] == [tr.tolist(), te.tolist()]
-    with pytest.raises(ValueError, match="n_folds"):
-        X.cv_splits(3, 4)
+# ------------------------------------------------------------------------------------------------ run and tables
+def _strip_times(record):
+    """The record without wall times (which differ between identical runs) and without live objects."""
+    return {"cases": record["cases"], "metrics": record["metrics"],
+            "history": {a: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+                        for a, h in record["history"].items()},
+            "extras": {k: {kk: vv for kk, vv in v.items() if kk != "seconds"} for k, v in record["extras"].items()}}
 
 
-def test_warmup_trains_bce_first(patients):
-    data = X.segmentation_data(patients[:2], predictor=_predictor())
-    kw = dict(epochs=2, width=4, depth=2, batch_size=2, seed=2)
-    bce, _ = X.train_segmenter(data, "bce", **kw)
-    all_warm, _ = X.train_segmenter(data, "doselo", lam=1.0, predictor=_predictor(), warmup_epochs=2, **kw)
-    half, _ = X.train_segmenter(data, "doselo", lam=1.0, predictor=_predictor(), warmup_epochs=1, **kw)
-    sb, sw, sh = bce.state_dict(), all_warm.state_dict(), half.state_dict()
-    assert all(torch.equal(sb[k], sw[k]) for k in sb)               # lambda = 0 throughout: BCE exactly
-    assert not all(torch.equal(sb[k], sh[k]) for k in sb)           # the dose term switched on after epoch 1
-    sur = BeamSurrogate(patients[:2], n_beams=5, beamlet_mm=9.6)
-    eng, _ = X.train_segmenter(data, "engine", lam=1e-3, surrogate=sur, warmup_epochs=2, **kw)
-    assert all(torch.equal(sb[k], eng.state_dict()[k]) for k in sb)
-    with pytest.raises(ValueError, match="warmup_epochs"):
-        X.train_segmenter(data, "bce", warmup_epochs=-1, **kw)
+def test_run_tiny_record(tiny, tiny_record):
+    cfg, data = tiny
+    rec = validate_record(tiny_record)
+    assert list(rec["metrics"]) == X.arm_names(cfg)
+    assert all(set(m) == set(X.METRICS) for m in rec["metrics"].values())
+    _, te = data["splits"][0]
+    assert rec["cases"] == sorted(int(i) for i in te) and len(rec["cases"]) >= 2
+    for c in X.CLAIMS:
+        assert c.a in rec["metrics"] and c.b in rec["metrics"] and c.metric in rec["metrics"][c.a]
+    for arm, hist in rec["history"].items():
+        assert 1 <= len(hist) <= cfg.seg_epochs and all("val_loss" in r and r["fold"] == 0 for r in hist)
+    assert rec["extras"]["predictor"]["mae_gy"] == pytest.approx(data["predictor_accuracy"]["mae_gy"])
+    live = rec["live"]
+    assert live["masks"][X.BASELINE].shape == (len(rec["cases"]),) + cfg.shape
+    # the recorded metrics are those of the live masks
+    i = rec["cases"][0]
+    p = data["seg_cases"][i]
+    m = live["masks"][X.BASELINE][0]
+    assert rec["metrics"][X.BASELINE]["dice"][0] == pytest.approx(X.dice(m, p.masks["GTV"]))
+    assert rec["metrics"][X.BASELINE]["empty"][0] == float(not m.any())
+    with pytest.raises(ValueError, match="another config"):
+        X.run(X.default_config("study", **{**X.TINY, "seg_epochs": 3}), 0, data=data, progress=False)
 
 
-def test_straight_through_mask_and_loss(patients):
-    p = torch.tensor([[0.2, 0.5, 0.7]], requires_grad=True)
-    st = straight_through(p)
-    assert torch.equal(st.detach(), torch.tensor([[0.0, 1.0, 1.0]]))
-    (st * torch.tensor([[1.0, 2.0, 3.0]])).sum().backward()
-    assert torch.equal(p.grad, torch.tensor([[1.0, 2.0, 3.0]]))    # identity gradient
-    data = X.segmentation_data(patients[:2], predictor=_predictor())
-    kw = dict(epochs=1, width=4, depth=2, batch_size=2, seed=4)
-    st_model, _ = X.train_segmenter(data, "doselo_st", lam=1.0, predictor=_predictor(), **kw)
-    bce, _ = X.train_segmenter(data, "bce", **kw)
-    assert not all(torch.equal(v, bce.state_dict()[k]) for k, v in st_model.state_dict().items())
+def test_run_same_seed_same_record_other_seed_differs(tiny, tiny_record):
+    cfg, data = tiny
+    again = X.run(cfg, 0, data=data, progress=False)
+    assert _strip_times(again) == _strip_times(tiny_record)
+    other = X.run(cfg, 1, data=data, progress=False)
+    assert other["cases"] == tiny_record["cases"]                    # the split does not depend on the seed
+    assert _strip_times(other)["history"] != _strip_times(tiny_record)["history"]
+
+
+def _synthetic_study(cfg, n_cases=8, seeds=(0, 1), empty_arm="DOSELO λ=0.001"):
+    rng = np.random.default_rng(0)
+    names = X.arm_names(cfg)
+    records = {}
+    for s in seeds:
+        metrics = {}
+        for k, a in enumerate(names):
+            v = {m: (rng.random(n_cases) + 0.1 * k).tolist() for m in X.METRICS}
+            v["empty"] = [0.0] * n_cases
+            if a == empty_arm:
+                v["hd_mm"] = [math.nan] * n_cases                  # empty predictions: undefined distances
+            metrics[a] = v
+        records[s] = {"cases": list(range(n_cases)), "metrics": metrics,
+                      "history": {a: [{"epoch": 1, "train_loss": 1.0}] for a in names},
+                      "seconds": dict.fromkeys(names, 1.0)}
+    return from_runs("doselo", "quick", cfg, records)
+
+
+def test_tables_and_verdicts():
+    cfg = X.default_config("quick")
+    study = _synthetic_study(cfg)
+    md = X.tables(study)
+    text = str(md)
+    assert "| BCE+SoftDice |" in text and "| the paper: DOSELO λ=1 | 0.258 ± 0.201 | 28.7 ± 22.2 |" in text
+    assert "RMAE: BCE+SoftDice → DOSELO λ=1" in text and "HD (mm): BCE+SoftDice" in text
+    assert "-0.191" in text and "-35.380" in text                               # the paper's differences
+    # mean ± sd over cases of the seed-averaged values
+    v = np.mean([study.metric("rmae", X.BASELINE)], axis=1)[0]
+    assert f"| BCE+SoftDice | {v.mean():.3f} ± {v.std(ddof=1):.3f} |" in text
+    assert "| DOSELO λ=0.001 |" in text and text.count("–") >= 2
+    rows = judge(study, X.CLAIMS)
+    assert [r["metric"] for r in rows] == ["rmae", "hd_mm"] and all(r["verdict"] in
+                                                                 ("supported", "contradicted", "unresolved")
+                                                                 for r in rows)
+    assert "BCE+SoftDice" in format_verdicts(rows)
+    assert X.verdicts(study) == format_verdicts(rows)                          # every claim testable
+    # the paper's arm predicted nothing: its HD is undefined, the HD claim cannot be tested
+    empty = _synthetic_study(cfg, empty_arm=X.PAPER_ARM)
+    rows, notes = X.judged(empty)
+    assert [r["metric"] for r in rows] == ["rmae"] and len(notes) == 1 and "not testable" in notes[0]
+    assert "not testable" in X.verdicts(empty) and "not testable" in str(X.tables(empty))
+    only_baseline = {"cases": [0, 1], "metrics": {X.BASELINE: {"rmae": [0.1, 0.2]}},
+                     "history": {X.BASELINE: []}, "seconds": {X.BASELINE: 1.0}}
+    with pytest.raises(ValueError, match="no arm"):
+        X.tables(from_runs("doselo", "quick", cfg, {0: only_baseline}))
+
+
+def test_figures(tiny, tiny_record):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg, data = tiny
+    study = from_runs("doselo", "study", cfg, {0: tiny_record})
+    figs = X.figures(study, record=tiny_record, data=data)
+    assert set(figs) == {"rmae", "worst_cases"}
+    demo = {"patient": data["seg_cases"][0], "ref": data["ref_doses"][0]}
+    for name in ("blob", "shift"):
+        demo[name] = {"mask": data["seg_cases"][0].masks["GTV"], "dose": data["ref_doses"][0], "dice": 1.0,
+                      "rmae": 0.0}
+    for fig in (X.pipeline_figure(), X.perturbation_figure(data, case=1), X.predictor_figure(data, "reference"),
+                X.blob_figure(demo), *figs.values()):
+        assert fig.axes
+        plt.close(fig)
+    with pytest.raises(ValueError, match="live run"):
+        X.worst_cases_figure({k: v for k, v in tiny_record.items() if k != "live"}, data)

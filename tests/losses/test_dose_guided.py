@@ -8,8 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtlearn.losses.dose_guided import (
+    BCELoss,
     BCESoftDiceLoss,
     DoseGuidedLoss,
+    StraightThroughDoseGuidedLoss,
+    SurrogateGuidedLoss,
     assemble_dose_input,
     bce_soft_dice_loss,
     binary_cross_entropy,
@@ -18,6 +21,7 @@ from rtlearn.losses.dose_guided import (
     expected_in_channels,
     freeze,
     soft_dice_loss,
+    surrogate_guided_loss,
     true_target_dose,
 )
 from rtlearn.models import UNet
@@ -277,3 +281,89 @@ def test_bce_and_soft_dice_by_hand():
     assert float(soft_dice_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.bool))) == 0.0
     with pytest.raises(ValueError, match="pos_weight"):
         binary_cross_entropy(logit, g, pos_weight=-1.0)
+
+
+def test_bce_module_against_torch():
+    g = torch.Generator().manual_seed(1)
+    logit = torch.randn(2, 1, 4, 4, generator=g)
+    t = torch.rand(2, 1, 4, 4, generator=g) > 0.5
+    ref = F.binary_cross_entropy_with_logits(logit, t.float())
+    assert torch.allclose(BCELoss()(logit, t), ref)
+    assert torch.allclose(BCELoss()(logit, {"target": t}), ref)
+    assert torch.allclose(BCELoss(pos_weight=2.0)(logit, t),
+                          F.binary_cross_entropy_with_logits(logit, t.float(), pos_weight=torch.tensor(2.0)))
+    assert torch.allclose(BCELoss(logits=False)(torch.sigmoid(logit), t), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="pos_weight"):
+        BCELoss(pos_weight=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# beyond the paper: straight-through mask, beam surrogate
+# ---------------------------------------------------------------------------------------------------------------
+def test_straight_through_loss_linear_predictor_value_and_gradient():
+    """With M_D linear (weight w_t on the target) and both doses masked by M: forward sees H = 1[p >= 0.5], so
+    L = BCE + lam w_t² mean(M (S_T - H)²) and dL/dz = dBCE/dz - 2 lam w_t² M (S_T - H) p(1-p) / N (z: logits)."""
+    b = _batch()
+    wt, lam = 2.0, 0.3
+    pred = _linear_predictor(wt=wt)
+    z = torch.randn(b["target"].shape, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    loss = StraightThroughDoseGuidedLoss(pred, lam)(z, b)
+    p = torch.sigmoid(z.detach())
+    s, hard, m = b["target"].float(), (p >= 0.5).float(), b["dose_mask"].float()
+    bce = F.binary_cross_entropy_with_logits(z.detach(), s)
+    assert torch.allclose(loss, bce + lam * wt**2 * (m * (s - hard) ** 2).mean())
+    loss.backward()
+    n = s.numel()
+    expected = (p - s) / n - 2 * lam * wt**2 * m * (s - hard) * p * (1 - p) / n
+    assert torch.allclose(z.grad, expected, atol=1e-7)
+    assert all(q.grad is None for q in pred.parameters())
+    assert torch.equal(StraightThroughDoseGuidedLoss(pred, 0.0)(z.detach(), b), bce)
+    with pytest.raises(ValueError, match="lam"):
+        StraightThroughDoseGuidedLoss(pred, -1.0)
+
+
+class _LinearSurrogate(nn.Module):
+    """D(S) = c * K S with K a fixed per-case matrix and c the factor of the true target (mean dose 60 Gy)."""
+
+    def __init__(self, n_cases, hw, seed=0):
+        super().__init__()
+        self.register_buffer("K", torch.rand(n_cases, hw, hw, generator=torch.Generator().manual_seed(seed)))
+
+    def _apply(self, target, case):
+        B = target.shape[0]
+        return torch.einsum("bij,bj->bi", self.K[case], target.reshape(B, -1)).reshape(target.shape)
+
+    def scale_for(self, target, case):
+        d = self._apply(target, case)
+        return (60.0 * target.sum((1, 2, 3), keepdim=True) / (target * d).sum((1, 2, 3), keepdim=True)).detach()
+
+    def forward(self, target, case, scale=None):
+        return (self.scale_for(target, case) if scale is None else scale) * self._apply(target, case)
+
+
+def test_surrogate_guided_module_against_hand_computation():
+    b = _batch()
+    b["case"] = torch.tensor([1, 0])
+    sur = _LinearSurrogate(2, H * W)
+    z = torch.randn(b["target"].shape, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    lam = 1e-3
+    loss = SurrogateGuidedLoss(sur, lam)(z, b)
+    # by hand: the dose of the true and of the predicted (soft) target, both with the true target's factor
+    s = b["target"].float()
+    K = sur.K[b["case"]]
+    ds = torch.einsum("bij,bj->bi", K, s.reshape(2, -1))
+    c = 60.0 * s.reshape(2, -1).sum(1) / (s.reshape(2, -1) * ds).sum(1)
+    dp = torch.einsum("bij,bj->bi", K, torch.sigmoid(z).reshape(2, -1))
+    expected = F.binary_cross_entropy_with_logits(z, s) + lam * ((c[:, None] * (dp - ds)) ** 2).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert torch.equal(loss, surrogate_guided_loss(z, b, sur, lam))
+    loss.backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+    assert torch.equal(SurrogateGuidedLoss(sur, 0.0)(z.detach(), b), F.binary_cross_entropy_with_logits(z.detach(), s))
+    with pytest.raises(ValueError, match="lam"):
+        SurrogateGuidedLoss(sur, -1.0)
+    with pytest.raises(TypeError, match="dict batch"):
+        SurrogateGuidedLoss(sur, 1.0)(z, b["target"])
+    with pytest.raises(TypeError, match="nn.Module"):
+        SurrogateGuidedLoss(lambda t, c: t, 1.0)
+
