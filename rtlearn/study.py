@@ -195,8 +195,16 @@ def _git(*args) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def phantom_data_version() -> int:
+    """:data:`rtlearn.phantom.datasets.DATA_VERSION`: which version of the phantom clinic made the data."""
+    from .phantom.datasets import DATA_VERSION
+
+    return DATA_VERSION
+
+
 def provenance() -> dict:
-    """Where a result comes from: commit, dirty flag (changes outside ``results/``), date, versions, device."""
+    """Where a result comes from: commit, dirty flag (changes outside ``results/``), date, versions, device,
+    and the version of the phantom clinic (:func:`phantom_data_version`)."""
     import torch
 
     from .config import get_device
@@ -213,6 +221,7 @@ def provenance() -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or
         platform.machine(),
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "phantom_data_version": phantom_data_version(),
     }
 
 
@@ -260,6 +269,10 @@ def run_study(chapter: str, profile: str = "study", seeds="0-2", *, config=None,
             if stored["config"] != cfg_json:
                 raise ValueError(f"{path} was recorded with another config; delete it (or the study folder) to "
                                  "re-run the study with today's config")
+            if stored["provenance"].get("phantom_data_version") != phantom_data_version():
+                raise ValueError(f"{path} was recorded on another version of the phantom clinic "
+                                 f"({stored['provenance'].get('phantom_data_version')}, today "
+                                 f"{phantom_data_version()}); delete it (or the study folder) to re-run the study")
         else:
             todo.append((seed, path))
     data = module.load_data(cfg) if todo else None

@@ -25,9 +25,14 @@ def test_recorded_study_matches_todays_config(chapter, profile):
         f"re-run: python -m rtlearn.study {chapter} --profile {profile} --seeds {recorded.seeds[0]}-{recorded.seeds[-1]}"
         f"\nrecorded: {recorded.config}\ntoday:    {study.config_to_json(today)}")
     assert len(recorded.seeds) >= 3, "a recorded study has at least 3 seeds"
+    on_phantoms = getattr(today, "source", "phantom") == "phantom"
     for entry in recorded.entries:
         prov = entry["provenance"]
         assert prov["commit"] and prov["date"] and prov["wall_seconds"] > 0
+        if on_phantoms:
+            assert prov.get("phantom_data_version") == study.phantom_data_version(), (
+                f"results/{chapter}/{profile} seed {entry['seed']} was made on phantom clinic version "
+                f"{prov.get('phantom_data_version')}, today's is {study.phantom_data_version()}: re-run the study")
     mod = study.chapter_module(chapter)
     for claim in getattr(mod, "CLAIMS", ()):
         assert claim.a in recorded.arms and claim.b in recorded.arms and claim.metric in recorded.metric_names
@@ -53,3 +58,8 @@ def test_stale_config_is_detected(tmp_path, monkeypatch):
     study.run_study("stale", "study", "0-2", root=tmp_path, progress=False)
     recorded = study.load_study("stale", root=tmp_path)
     assert recorded.matches(C()) and not recorded.matches(C(epochs=4))
+    assert recorded.entries[0]["provenance"]["phantom_data_version"] == study.phantom_data_version()
+    # a study made on another version of the phantom clinic is not resumed
+    monkeypatch.setattr(study, "phantom_data_version", lambda: -1)
+    with pytest.raises(ValueError, match="phantom clinic"):
+        study.run_study("stale", "study", "0-3", root=tmp_path, progress=False)

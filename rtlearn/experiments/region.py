@@ -67,9 +67,11 @@ __all__ = [
     "plot_case", "plot_learning_curves", "plot_predictions", "plot_ablation", "gradient_map",
 ]
 
-#: organs of the 2D head-and-neck phantom slice (the phantom's z = 0 slice has no brainstem, and its
-#: oesophagus is only a few pixels wide there)
-ORGANS_PHANTOM = ("Mandible", "RightParotid", "LeftParotid", "Larynx", "SpinalCord")
+#: PDDCA's nine organs (the set of Chen et al. 2023's public head-and-neck data), drawn in the 2D
+#: head-and-neck phantom slice: large, bony (mandible) or weakly contrasted (parotids, brainstem) organs
+#: and small ones of a few tens of HU contrast (optic chiasm and nerves, submandibular glands)
+ORGANS_PHANTOM = ("Brainstem", "OpticChiasm", "Mandible", "OpticNerve_L", "OpticNerve_R", "LeftParotid",
+                  "RightParotid", "Submandibular_L", "Submandibular_R")
 #: OpenKBP's seven organs at risk (full profile)
 ORGANS_OPENKBP = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible")
 
@@ -152,7 +154,11 @@ class Config:
 
     Data: ``source`` ``"phantom"`` (``n_train + n_val + n_test`` seeded phantom
     head-and-neck cases of ``data_seed``, split in this order, ``dims``-D,
-    ``shape`` pixels of ``spacing`` mm, plus ``noise_hu`` of Gaussian CT noise)
+    ``shape`` pixels of ``spacing`` mm, with the phantom's own CT noise of 15 HU
+    and partial-volume blur, plus ``noise_hu`` of added Gaussian noise;
+    ``organs``: the classes, default PDDCA's nine organs :data:`ORGANS_PHANTOM`;
+    CT windowed to ``window``, default the paper's ``[-200, 400]`` HU, in which
+    mandible, vertebrae and teeth all saturate)
     or ``"openkbp"`` (the first patients with a CT of OpenKBP's own splits;
     ``None`` = all; ``shape``, ``spacing``, ``noise_hu`` and ``data_seed`` are then
     unused). Losses: ``arms`` (keys of :data:`ARMS`); ``lam`` weights the
@@ -172,8 +178,8 @@ class Config:
     dims: int = 2
     shape: tuple | None = (64, 64)
     spacing: float | tuple | None = 3.2
-    noise_hu: float = 80.0
-    window: tuple = (-200.0, 1200.0)
+    noise_hu: float = 0.0
+    window: tuple = (-200.0, 400.0)
     organs: tuple = ORGANS_PHANTOM
     data_seed: int = 0
     arms: tuple = MAIN_ARMS
@@ -247,12 +253,15 @@ def default_config(profile: str | None = None, **overrides) -> Config:
     """The experiment's sizes for ``profile`` (default: :func:`rtlearn.config.profile`), with ``overrides``.
 
     * ``quick`` (a demonstration, about 2.5 min for the five main arms on one
-      CPU thread): 48 / 8 / 24 phantom slices of 64 x 64 pixels (3.2 mm) with
-      80 HU of added noise, a 3-level U-Net of width 8, 40 epochs, batch 4, the
-      five arms CE, Dice, Baseline, Baseline + RS, Baseline + ARS.
+      CPU thread): 48 / 8 / 24 phantom head-and-neck CT slices of 64 x 64 pixels
+      (3.2 mm; the phantom's own 15 HU of noise and partial-volume edges, no
+      added noise) with PDDCA's nine organs :data:`ORGANS_PHANTOM`, a 3-level
+      U-Net of width 8, 40 epochs, batch 4, the five arms CE, Dice, Baseline,
+      Baseline + RS, Baseline + ARS.
     * ``study`` (recorded by ``python -m rtlearn.study region --profile study
       --seeds 0-4``): the paper's three arms Baseline, Baseline + RS and
-      Baseline + ARS on 160 / 24 / 40 slices of the same kind, at most 100
+      Baseline + ARS on 160 / 24 / 40 slices of the same kind (the same nine
+      organs, no added noise), at most 100
       epochs with early stopping after 10 epochs without improvement of the
       validation loss (the best weights restored), ``dsc_early`` after 5 epochs
       (200 optimisation steps, while the baseline is still learning). Measured
@@ -261,7 +270,8 @@ def default_config(profile: str | None = None, **overrides) -> Config:
       so five seeds take about 40 min on one core, 25 min on two.
     * ``full`` (GPU): OpenKBP's CT volumes with its seven organs at risk (every
       patient with a CT), a 4-level U-Net of width 16, 60 epochs, batch 2; with
-      ``source="phantom"`` 160 / 20 / 40 3D phantoms of 64 x 128 x 128 voxels.
+      ``source="phantom"`` 160 / 20 / 40 3D phantoms of 64 x 128 x 128 voxels
+      with OpenKBP's organs and 40 HU of added noise.
 
     Raises
     ------
@@ -359,8 +369,9 @@ def phantom_data(n_train: int = 48, n_val: int = 8, n_test: int = 16, *, site: s
     (mm), "cases": case indices}, "organs": names, "dims": dims}``.
 
     ``noise_hu`` adds seeded Gaussian noise (standard deviation in HU) to the
-    CT before windowing, on top of the phantom's own 8 HU, for a harder
-    (noisier, lower-dose-like) task with less clear organ boundaries.
+    CT before windowing, on top of the phantom's own 15 HU (a clinical CT's
+    noise), for a harder (noisier, lower-dose-like) task with less clear organ
+    boundaries.
     """
     _check_counts(n_train, n_val, n_test)
     organs = tuple(ORGANS_PHANTOM if organs is None else organs)
@@ -716,7 +727,7 @@ def plot_case(data, index: int = 0, ax=None):
     ax.legend(loc="lower right", fontsize=7)
     ax.set(title="A test case: windowed CT and organs", xlabel="x (mm)", ylabel="y (mm)")
     ax.grid(False)
-    ax.figure.colorbar(im, ax=ax, label="CT, window [-200, 1200] HU -> [-1, 1]")
+    ax.figure.colorbar(im, ax=ax, label="windowed CT -> [-1, 1]")
     return ax.figure
 
 

@@ -821,7 +821,7 @@ def _paper_claims() -> tuple:
 CLAIMS = _paper_claims()
 
 #: Overrides that make ``default_config("study", **TINY)`` run one seed in a few seconds (tests).
-TINY = dict(n_train=4, n_val=2, n_test=3, shape=(32, 32), spacing=(12.0, 12.0), gammas=(25.0, 100.0), epochs=2,
+TINY = dict(n_train=4, n_val=2, n_test=3, shape=(48, 48), spacing=(8.0, 8.0), gammas=(25.0, 100.0), epochs=2,
             depth=2, width=4, n_jobs=1)
 
 

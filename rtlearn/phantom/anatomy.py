@@ -54,6 +54,16 @@ ROI_NAMES = {
     "brain": ("PTV", "GTV", "Brainstem", "OpticChiasm", "Eye_L", "Eye_R"),
 }
 
+#: Further structures per site for segmentation only (not planned on and not in
+#: :data:`ROI_NAMES`, whose head-and-neck list is OpenKBP's): the small, weakly
+#: contrasted organs of the PDDCA head-and-neck segmentation set.
+EXTRA_ROIS = {
+    "breast": (),
+    "prostate": (),
+    "head_neck": ("OpticChiasm", "OpticNerve_L", "OpticNerve_R", "Submandibular_L", "Submandibular_R"),
+    "brain": (),
+}
+
 #: CT numbers (HU) of the tissue classes
 HU = {
     "air": -1000.0, "lung": -780.0, "fat": -90.0, "breast": -55.0, "soft": 35.0,
@@ -93,7 +103,8 @@ class Patient:
     density : ndarray, float32
         Relative electron density from :func:`hu_to_density` (water = 1).
     masks : dict of str to bool ndarray
-        Structures. In 2D a structure absent from the slice is left out.
+        Structures: those of :data:`ROI_NAMES` and of :data:`EXTRA_ROIS`
+        (segmentation only). In 2D a structure absent from the slice is left out.
     body : bool ndarray
         External contour.
     spacing : tuple of float
@@ -246,46 +257,92 @@ def _dilate(mask, mm, spacing):
 
 # --------------------------------------------------------------------------- sites
 def _breast(g, rng):
+    """Left-sided breast at the level of the nipple (Bai et al. 2021).
+
+    A slim thorax (subcutaneous fat, a thin chest wall of muscle and ribs
+    6-10 mm thick anteriorly, a sternum), lungs that fill the pleural cavity
+    up to the chest wall, a mediastinum with the heart shifted to the left and
+    anterior (its gap to the chest wall under the left breast varies with the
+    seed), the descending aorta and the spine. The breasts lie on the chest
+    wall; the PTV is the left breast cropped 5 mm from the skin, down to the
+    chest wall, so the ipsilateral lung lies about one chest wall thickness
+    behind it, as in the clinic.
+    """
     U = rng.uniform
-    ry, rx = U(95, 115), U(150, 172)
-    body = g.ellipsoid((0, 0, 0), (650, ry, rx))
-    bl_c = (U(-8, 8), -ry + U(8, 22), U(55, 85))
-    bl_r = (U(55, 75), U(38, 55), U(55, 75))
-    breast_l = g.ellipsoid(bl_c, bl_r, U(-25, 5))
-    br_c = (U(-8, 8), -ry + U(8, 22), -U(55, 85))
-    breast_r = g.ellipsoid(br_c, tuple(np.asarray(bl_r) * U(0.75, 0.95)), U(-5, 25))
+    ry, rx = U(94, 106), U(130, 148)                    # torso semi-axes (AP, lateral)
+    y0 = U(12, 24)                                     # torso centre (posterior of the grid centre)
+    body = g.ellipsoid((0, y0, 0), (650, ry, rx))
+    fat, wall, back, lat = U(6, 14), U(6, 10), U(8, 14), U(2, 8)
+    a_out, b_out = ry - fat, rx - fat                  # outer surface of the chest wall
+    thorax_out = g.ellipsoid((0, y0, 0), (650, a_out, b_out))
+    cy = y0 - back                                     # cavity centre: thicker wall at the back
+    a_in, b_in = a_out - wall - back, b_out - wall - lat
+    thorax_in = g.ellipsoid((0, cy, 0), (None, a_in, b_in))
+    y_ant = cy - a_in                                  # anterior edge of the cavity (midline)
+
+    def on_wall(psi, side):
+        """Point of the chest-wall surface at parametric angle ``psi`` and its outward normal."""
+        py, px = y0 - a_out * np.cos(psi), side * b_out * np.sin(psi)
+        n = np.array([(py - y0) / a_out ** 2, px / b_out ** 2])
+        return py, px, n / np.hypot(*n)
+
+    def breast(side, scale):
+        psi = np.deg2rad(U(40, 52))
+        py, px, n = on_wall(psi, side)
+        off, h = U(-4, 6), U(36, 56) * scale
+        base, rz = U(70, 85) * scale, U(70, 90) * scale
+        ang = np.rad2deg(np.arctan2(-n[1], n[0]))
+        return g.ellipsoid((U(-8, 8), py + off * n[0], px + off * n[1]), (rz, h, base), ang)
+
+    breast_l = breast(1.0, 1.0)
+    breast_r = breast(-1.0, U(0.85, 1.05))
     body = body | breast_l | breast_r
-    # thorax: rib cage interior and its wall
-    tcy = U(-8, 2)
-    t_r = (300, ry - U(24, 32), rx - U(28, 42))
-    thorax_in = g.ellipsoid((0, tcy, 0), t_r)
-    wall = U(12, 20)
-    thorax_out = g.ellipsoid((0, tcy, 0), (300, t_r[1] + wall, t_r[2] + wall))
-    # spine
-    cord_cy = ry - U(30, 40)
-    cord_r = U(5, 7)
-    vb_r = U(14, 18)
-    vb = g.ellipsoid((0, cord_cy - cord_r - 4 - vb_r, 0), (None, vb_r, vb_r * 1.2))
-    arch = g.ellipsoid((0, cord_cy, 0), (None, cord_r + 6, cord_r + 7))
+    # sternum and ribs in the chest wall
+    bone = g.ellipsoid((0, y_ant - wall / 2, U(-3, 3)), (None, wall * 0.4, U(12, 16)))
+    phis = np.deg2rad(np.arange(U(18, 26), 162, U(15, 19)))
+    for side in (1.0, -1.0):
+        for phi in phis + np.deg2rad(U(-3, 3, phis.size)):
+            ry_w, rx_w = a_out - wall / 2, b_out - wall / 2
+            py, px = y0 - ry_w * np.cos(phi), side * rx_w * np.sin(phi)
+            t_ang = np.rad2deg(np.arctan2(-(px / rx_w ** 2), (py - y0) / ry_w ** 2))
+            bone |= g.ellipsoid((0, py, px), (None, wall * 0.35, U(7, 12)), t_ang)
+    bone &= thorax_out & ~thorax_in
+    # spine: the vertebral body bulges into the back of the cavity, the cord behind it
+    vb_r, cord_r = U(14, 18), U(5, 7)
+    y_post = cy + a_in
+    vb_cy = y_post - vb_r + U(4, 8)
+    cord_cy = vb_cy + vb_r + 3 + cord_r
+    vb = g.ellipsoid((0, vb_cy, 0), (None, vb_r, vb_r * 1.2))
+    arch = g.ellipsoid((0, cord_cy + 2, 0), (None, cord_r + 7, cord_r + 8))
     cord = g.ellipsoid((0, cord_cy, U(-2, 2)), (None, cord_r, cord_r))
     spine = (vb | arch) & ~cord
-    # heart and lungs (heart shifted to the left and anterior; its distance to the
-    # chest wall under the left breast varies with the seed)
-    heart = g.ellipsoid((U(-35, -5), tcy + U(-35, -12), U(12, 42)),
-                        (U(45, 60), U(38, 52), U(38, 52)), U(-30, 10)) & thorax_in
-    lung_l = g.ellipsoid((U(-10, 10), tcy + U(-5, 10), U(50, 72)),
-                         (U(90, 120), U(60, 78), U(42, 58))) & thorax_in & ~heart & ~spine
-    lung_r = g.ellipsoid((U(-10, 10), tcy + U(-5, 10), -U(50, 72)),
-                         (U(90, 120), U(60, 78), U(45, 60))) & thorax_in & ~spine
+    # heart: left and anterior, 0-18 mm behind the anterior chest wall
+    hz, hrz = U(-30, -10), U(50, 65)
+    k = np.sqrt(max(1.0 - (hz / hrz) ** 2, 0.25))
+    h_ry, h_rx, h_ang = U(38, 48), U(46, 58), U(-35, -12)
+    a = np.deg2rad(h_ang)
+    ext_y = k * np.hypot(h_ry * np.cos(a), h_rx * np.sin(a))
+    hx = U(12, 30)
+    heart = g.ellipsoid((hz, y_ant + U(3, 20) + ext_y, hx), (hrz, h_ry, h_rx), h_ang) & thorax_in
+    aorta = g.ellipsoid((0, vb_cy - vb_r * U(0.2, 0.6), U(16, 24)), (None, U(10, 13), U(10, 13)))
+    xm = U(-6, 4)
+    mediastinum = g.ellipsoid((0, cy, xm), (None, a_in, U(15, 22))) | heart | aorta | vb
+    # lungs fill the cavity in the slice z = 0 and end at the apex (above) and the base (below)
+    lz, lrz = U(10, 40), U(120, 150)
+    kl = np.sqrt(1.0 - (lz / lrz) ** 2)
+    lungs = g.ellipsoid((lz, cy, 0), (lrz, a_in / kl, b_in / kl)) & thorax_in & ~mediastinum
+    lung_l = lungs & (g.x > xm)
+    lung_r = lungs & (g.x <= xm)
     breast_tissue = breast_l & body & ~thorax_out
     ptv = breast_tissue & (_distance_inside(body, g.spacing) > 5.0)
     hu = np.full(g.shape, HU["air"])
     hu[body] = HU["fat"]
-    hu[(thorax_out & ~thorax_in) & body] = HU["muscle"]
-    hu[thorax_in] = HU["soft"]
     hu[(breast_l | breast_r) & body & ~thorax_out] = HU["breast"]
+    hu[thorax_out & ~thorax_in] = HU["muscle"]
+    hu[thorax_in] = HU["soft"]
+    hu[bone] = HU["bone"]
     hu[lung_l | lung_r] = HU["lung"]
-    hu[heart] = HU["heart"]
+    hu[heart | aorta] = HU["heart"]
     hu[spine] = HU["bone"]
     hu[cord] = HU["soft"]
     masks = {"PTV": ptv, "Lung_L": lung_l, "Lung_R": lung_r, "Heart": heart, "SpinalCord": cord}
@@ -328,32 +385,60 @@ def _prostate(g, rng):
 
 
 def _head_neck(g, rng):
+    """An oropharynx case with OpenKBP's three dose levels and seven organs at risk.
+
+    The slice ``z = 0`` (the 2D patient) compresses the head and neck into one
+    axial plane, so that every OpenKBP organ at risk is in it: anterior to
+    posterior, the mandible (a U open to the back) with the larynx inside its arc
+    (in the body the larynx lies caudal to the mandible), the primary target
+    (PTV70: oropharynx or base of tongue, around the front of the pharyngeal
+    airway), the pharyngeal airway, the oesophagus (posterior to the airway and
+    larynx, anterior to the vertebral body, never in the PTV70), the vertebra
+    with the spinal cord in its canal and, behind the vertebral arch, the
+    brainstem (in the body it lies cranial to the cord, at the skull base; here
+    it is drawn behind the canal, leaving 25 mm behind the arch, where the neck
+    is deep enough, for the other skull-base organs). The parotids lie laterally behind the mandibular rami;
+    the elective nodal targets (PTV63 on one side, PTV56 on the other) lie
+    between them and the pharynx. In 3D the larynx and oesophagus extend
+    caudally, the parotids and brainstem cranially. The default plan then gives
+    mean organ doses near the medians of OpenKBP's reference plans.
+    """
     U = rng.uniform
     ry, rx = U(80, 95), U(65, 80)
     body = g.ellipsoid((0, 0, 0), (500, ry, rx))
-    vb_c, vb_r = U(12, 22), U(12, 15)
+    vb_c, vb_r = U(4, 14), U(12, 15)
     cord_r = U(4.5, 6)
     cord_cy = vb_c + vb_r + cord_r + 2
     vert = g.ellipsoid((0, vb_c, 0), (None, vb_r, vb_r * 1.15)) | g.ellipsoid((0, cord_cy, 0), (None, cord_r + 4, cord_r + 5))
     cord = g.ellipsoid((0, cord_cy, 0), (None, cord_r, cord_r))
     vert &= ~cord
-    brainstem = g.ellipsoid((U(60, 75), cord_cy - 3, 0), (U(20, 25), U(10, 13), U(11, 14)))
-    m_c = (U(0, 10), U(-25, -15), 0)
-    m_out = g.ellipsoid(m_c, (U(22, 30), U(50, 60), U(45, 55)))
+    # brainstem (medulla-sized on the slice) 25 mm or more behind the arch, 6 mm or more inside the skin
+    bs_ry = U(6, 8)
+    bs_cy = min(cord_cy + cord_r + 4 + U(25, 30) + bs_ry, ry - 6 - bs_ry)
+    brainstem = g.ellipsoid((U(10, 20), bs_cy, 0), (U(30, 36), bs_ry, U(9, 12)))
+    m_c = (U(0, 10), U(-31, -21), 0)
+    m_ry, m_rx = U(35, 43), U(38, 46)
+    m_c = (m_c[0], max(m_c[1], -ry + 8 + m_ry), 0)  # 8 mm or more of soft tissue in front of the chin
+    m_out = g.ellipsoid(m_c, (U(22, 30), m_ry, m_rx))
     th = U(6, 9)
-    m_in = g.ellipsoid(m_c, (300, U(50, 60) - th - 10, U(45, 55) - th - 10))
+    m_in = g.ellipsoid(m_c, (300, m_ry - th, m_rx - th))
     mandible = m_out & ~m_in & (g.y < m_c[1] + U(0, 10)) & body
     side = 1.0 if U(0, 1) < 0.5 else -1.0
     par = {}
     for name, sx in (("RightParotid", -1.0), ("LeftParotid", 1.0)):
-        par[name] = g.ellipsoid((U(5, 15), U(5, 20), sx * U(40, 55)), (U(18, 25), U(12, 18), U(9, 14))) & body
-    larynx = g.ellipsoid((U(-20, -10), U(-48, -32), 0), (U(22, 30), U(10, 14), U(12, 16))) & body
-    eso = g.ellipsoid((-60, vb_c - vb_r - U(6, 9), U(-3, 3)), (70, U(5, 7), U(5, 7)))
-    airway = g.ellipsoid((0, U(-22, -12), 0), (None, U(4, 7), U(6, 9)))
-    prim_c = (U(-5, 5), U(-15, 5), U(-18, 18))
-    ptv70 = g.blob(rng, prim_c, (U(14, 22), U(12, 20), U(12, 20))) & body & ~cord
-    ptv63 = g.blob(rng, (U(-15, 5), U(-5, 15), side * U(30, 45)), (U(25, 35), U(12, 18), U(10, 15)), 3) & body & ~cord
-    ptv56 = g.blob(rng, (U(-15, 5), U(-5, 15), -side * U(30, 45)), (U(25, 35), U(12, 18), U(10, 15)), 3) & body & ~cord
+        par[name] = g.ellipsoid((U(5, 15), U(4, 18), sx * U(40, 50)), (U(18, 25), U(12, 18), U(9, 14))) & body
+    # larynx inside the mandible's arc (cut by its inner face)
+    larynx = g.ellipsoid((U(-20, -10), U(-64, -50), 0), (U(22, 30), U(10, 14), U(12, 16))) & m_in & body
+    # oesophagus 1-3 mm in front of the vertebral body, airway 1-4 mm in front of the oesophagus
+    e_ry, e_x, e_r = U(5, 7), U(-3, 3), U(5, 7)
+    e_cy = vb_c - vb_r - U(1, 3) - e_ry
+    eso = g.ellipsoid((-60, e_cy, e_x), (100, e_ry, e_r))
+    a_ry, a_rx = U(4, 7), U(6, 9)
+    airway = g.ellipsoid((0, e_cy - e_ry - U(1, 4) - a_ry, 0), (None, a_ry, a_rx))
+    prim_c = (U(-5, 5), U(-40, -28), U(-12, 12))
+    ptv70 = g.blob(rng, prim_c, (U(14, 22), U(10, 15), U(12, 18))) & body & ~cord & ~_dilate(eso, 2.0, g.spacing)
+    ptv63 = g.blob(rng, (U(-15, 5), U(-14, 1), side * U(28, 40)), (U(25, 35), U(12, 18), U(10, 15)), 3) & body & ~cord
+    ptv56 = g.blob(rng, (U(-15, 5), U(-14, 1), -side * U(28, 40)), (U(25, 35), U(12, 18), U(10, 15)), 3) & body & ~cord
     hu = np.full(g.shape, HU["air"])
     hu[body] = HU["soft"]
     hu[body & (_distance_inside(body, g.spacing) < U(4, 8))] = HU["fat"]
@@ -363,10 +448,179 @@ def _head_neck(g, rng):
         hu[m] = v
     masks = {"PTV70": ptv70, "PTV63": ptv63, "PTV56": ptv56, **par, "SpinalCord": cord,
              "Brainstem": brainstem, "Mandible": mandible, "Larynx": larynx, "Esophagus": eso & body}
+    masks.update(_pddca_organs(g, rng, hu, body, masks))
     return hu, body, masks, None
 
 
-def _brain(g, rng):
+def _capsule(g, a, b, r):
+    """Points within ``r`` mm of the segment from ``a`` to ``b`` ((z, y, x) in mm): a rounded tube."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = b - a
+    pz, py, px = g.z - a[0], g.y - a[1], g.x - a[2]
+    t = np.clip((pz * d[0] + py * d[1] + px * d[2]) / float(d @ d), 0.0, 1.0)
+    dist2 = (pz - t * d[0]) ** 2 + (py - t * d[1]) ** 2 + (px - t * d[2]) ** 2
+    return np.broadcast_to(dist2 <= r * r, g.shape).copy()
+
+
+def _pddca_organs(g, rng, hu, body, masks):
+    """Small, weakly contrasted head-and-neck organs of the PDDCA set; paints ``hu`` in place.
+
+    The phantom compresses the anatomy of the head into the plane ``z = 0`` (the
+    2D patient): the optic chiasm and optic nerves, which lie at the skull base,
+    are drawn in this plane behind the cervical spine, next to the organs of the
+    neck, so that one axial slice holds all of PDDCA's organs. Each crosses
+    ``z = 0`` in 3D as well.
+
+    * ``OpticChiasm``: a flat ellipsoid 12-18 mm wide, 6-9 mm deep and 4-6 mm
+      thick (about 0.2-0.5 cm³), 6-12 mm behind the vertebral arch.
+    * ``OpticNerve_L`` / ``OpticNerve_R``: tubes of 3.6-5.2 mm diameter and
+      22-32 mm length, leaving the chiasm laterally and running 20-50 degrees
+      anteriorly. Chiasm and nerves (30-40 HU, like white matter) lie in a 1.5-3 mm
+      sheath of cerebrospinal fluid (2-14 HU) in soft tissue (35 HU): a contrast of
+      a few tens of HU.
+    * ``Submandibular_L`` / ``Submandibular_R``: lobulated glands (three
+      ellipsoids, semi-axes 9-13 x 7-11 x 5.5-8.5 mm) just medial to the posterior
+      part of the mandible, 12-25 HU denser than the soft tissue around them.
+    * Teeth: 6 to 14 dense blobs (5-9 mm across, 1400-2200 HU, not part of
+      ``Mandible``) along the inner face of the mandible (the dental arch), so
+      that bone intensity alone does not delineate it.
+
+    Positions follow the spinal cord and the mandible of the slice ``z = 0``;
+    the new organs never overlap the other organs at risk, bone or air.
+    """
+    U = rng.uniform
+    sp = g.spacing
+    iz = int(np.argmin(np.abs(g.z[:, 0, 0])))
+    ys, xs = g.y[0, :, 0], g.x[0, 0, :]
+    occupied = (hu <= -500.0) | (hu >= 300.0) | ~body
+    for name, m in masks.items():
+        if not name.startswith("PTV"):
+            occupied |= m
+    cord = masks["SpinalCord"][iz]
+    if cord.any():
+        yy, xx = np.nonzero(cord)
+        cy, cx, rc = ys[yy].mean(), xs[xx].mean(), np.sqrt(cord.sum() * sp[1] * sp[2] / np.pi)
+    else:  # a grid too coarse for the cord
+        cy, cx, rc = 0.4 * ys[np.nonzero(body[iz])[0]].max(), 0.0, 5.0
+    # optic chiasm and nerves in a CSF sheath
+    zc = U(-0.5, 0.5)
+    chi_r = (U(2.0, 3.0), U(3.0, 4.5), U(6.0, 9.0))
+    col = body[iz][:, int(np.argmin(np.abs(xs - cx)))]
+    y_back = ys[np.nonzero(col)[0]].max() if col.any() else ys.max()
+    yc = min(cy + rc + 4.0 + U(6.0, 12.0) + chi_r[1], y_back - 12.0 - chi_r[1])
+    xc = cx + U(-4.0, 4.0)
+    chiasm = g.ellipsoid((zc, yc, xc), chi_r, U(-15.0, 15.0))
+    optic = {"OpticChiasm": chiasm}
+    for name, s in (("OpticNerve_L", 1.0), ("OpticNerve_R", -1.0)):
+        r, length, ang = U(1.8, 2.6), U(22.0, 32.0), np.deg2rad(U(20.0, 50.0))
+        a = (zc, yc + U(-1.0, 1.0), xc + s * 0.7 * chi_r[2])
+        b = (zc + U(-0.5, 0.5), a[1] - length * np.sin(ang), a[2] + s * length * np.cos(ang))
+        optic[name] = _capsule(g, a, b, r) & ~chiasm
+    optic = {k: v & ~occupied for k, v in optic.items()}
+    nerve_all = optic["OpticChiasm"] | optic["OpticNerve_L"] | optic["OpticNerve_R"]
+    sheath = _dilate(nerve_all, U(1.5, 3.0), sp) & ~nerve_all & ~occupied
+    hu[sheath] = U(2.0, 14.0)
+    hu[nerve_all] = U(30.0, 40.0)
+    occupied |= nerve_all | sheath
+    # submandibular glands medial to the posterior part of the mandible
+    mand = masks["Mandible"][iz]
+    glands = {}
+    for name, s in (("Submandibular_L", 1.0), ("Submandibular_R", -1.0)):
+        side = mand & (s * xs[None, :] > 0)
+        if side.any():
+            yy, xx = np.nonzero(side)
+            y_end = ys[yy].max()
+            x_in = np.abs(xs[xx[ys[yy] > y_end - 15.0]]).min()
+        else:  # a grid too coarse for the mandible
+            y_end, x_in = -15.0, 35.0
+        r = (U(9.0, 13.0), U(7.0, 11.0), U(5.5, 8.5))
+        c = (U(-3.0, 3.0), y_end - U(4.0, 16.0), s * (x_in - r[2] - U(0.5, 4.0)))
+        glands[name] = g.blob(rng, c, r, n_lobes=3, spread=0.3) & ~occupied
+        hu[glands[name]] = HU["soft"] + U(12.0, 25.0)
+        occupied |= glands[name]
+    # teeth along the inner face of the mandible (dense bone, not mandible)
+    inside = (np.maximum.accumulate(mand, axis=0) & np.maximum.accumulate(mand, axis=1)
+              & np.maximum.accumulate(mand[:, ::-1], axis=1)[:, ::-1] & ~mand)
+    near = inside & (ndimage.distance_transform_edt(~mand, sampling=sp[1:]) <= 4.0) if mand.any() else inside
+    cand = np.flatnonzero(near)
+    teeth = np.zeros(g.shape, bool)
+    for _ in range(int(rng.integers(6, 15))):
+        u, rr, rz, zt, v = U(0, 1), U(2.5, 4.5), U(3.0, 6.0), U(-2.0, 2.0), U(1400.0, 2200.0)
+        if cand.size:
+            iy, ix = np.unravel_index(cand[int(u * cand.size)], mand.shape)
+            tooth = g.ellipsoid((zt, ys[iy], xs[ix]), (rz, rr, rr)) & ~teeth & body & ~(occupied & (hu < 300.0))
+            tooth &= ~masks["Mandible"]
+            hu[tooth] = v
+            teeth |= tooth
+    return {**optic, **glands}
+
+
+#: most mimics per brain (:func:`make_patient`'s ``mimics``)
+MAX_MIMICS = 10
+#: least distance (mm) from a mimic to the GTV, and to the tumour's oedema
+MIMIC_GTV_DISTANCE_MM = 20.0
+MIMIC_EDEMA_DISTANCE_MM = 4.0
+
+
+def _check_mimics(mimics, site):
+    """``None`` for no mimics, else an ``int`` count or a ``float`` Poisson mean (see :func:`make_patient`)."""
+    if mimics is None:
+        return None
+    if isinstance(mimics, (bool, np.bool_)) or not isinstance(mimics, numbers.Real):
+        raise ValueError(f"mimics must be None, an int count or a float rate, got {mimics!r}")
+    if isinstance(mimics, (int, np.integer)):
+        if not 0 <= mimics <= MAX_MIMICS:
+            raise ValueError(f"mimics (a count) must be in 0..{MAX_MIMICS}, got {mimics!r}")
+        value = int(mimics)
+    else:
+        if not np.isfinite(mimics) or not 0.0 <= mimics <= MAX_MIMICS:
+            raise ValueError(f"mimics (a Poisson rate) must be a finite number in [0, {MAX_MIMICS}], got {mimics!r}")
+        value = float(mimics)
+    if value == 0:
+        return None
+    if site != "brain":
+        raise ValueError(f"mimics exist only for site 'brain', not {site!r}")
+    return value
+
+
+def _place_mimics(g, rng, mimics, semi_axes, brain, gtv, edema, oar):
+    """Enhancing non-tumour spots ("mimics") in the brain, far from the GTV.
+
+    Each mimic is an ellipsoid with semi-axes of 3 to 7.5 mm in-plane (6 to 15 mm
+    across; elongated up to 2:1 like a vessel, or round like a small meningioma or
+    a choroid-plexus tuft), centred within 0.4 of its z semi-axis of the plane
+    ``z = 0`` (so every mimic cuts the 2D slice), lying wholly in the brain, at least
+    :data:`MIMIC_GTV_DISTANCE_MM` from the GTV, :data:`MIMIC_EDEMA_DISTANCE_MM` from
+    the oedema, outside the organs at risk and at least 6 mm from the other mimics;
+    on the grid it is one connected piece (26-connected, 8 in 2D).
+    Positions and sizes are drawn in mm from ``rng`` (a fixed number of draws per
+    try); a try whose solid breaks a rule on this grid is redrawn, up to 300 tries
+    per mimic (a mimic that finds no place is left out). ``mimics``: an int is the
+    count, a float the mean of a Poisson count (at most :data:`MAX_MIMICS`).
+    """
+    n = mimics if isinstance(mimics, int) else min(int(rng.poisson(mimics)), MAX_MIMICS)
+    sp = g.spacing
+    d_gtv = ndimage.distance_transform_edt(~gtv, sampling=sp)
+    d_ed = ndimage.distance_transform_edt(~edema, sampling=sp) if edema.any() else np.full(g.shape, np.inf)
+    allowed = brain & ~oar & (d_gtv >= MIMIC_GTV_DISTANCE_MM) & (d_ed >= MIMIC_EDEMA_DISTANCE_MM)
+    out = np.zeros(g.shape, bool)
+    near = np.zeros(g.shape, bool)
+    for _ in range(n):
+        for _try in range(300):
+            a = rng.uniform(3.0, 7.5)
+            r = (a * rng.uniform(0.6, 1.0), a, a * rng.uniform(0.5, 1.0))
+            rho, phi = 0.9 * np.sqrt(rng.uniform()), rng.uniform(0.0, 2.0 * np.pi)
+            c = (rng.uniform(-0.4, 0.4) * r[0], rho * semi_axes[1] * np.cos(phi), rho * semi_axes[2] * np.sin(phi))
+            m = g.ellipsoid(c, r, rng.uniform(0.0, 180.0))
+            if (m.any() and not (m & ~allowed).any() and not (m & near).any()
+                    and ndimage.label(m, np.ones((3, 3, 3)))[1] == 1):
+                out |= m
+                near = _dilate(out, 6.0, sp)
+                break
+    return out
+
+
+def _brain(g, rng, mimics=None, mimic_rng=None):
     U = rng.uniform
     T = {n: i for i, n in enumerate(BRAIN_TISSUES)}
     ry, rx, rz = U(85, 98), U(68, 78), U(85, 100)
@@ -407,9 +661,11 @@ def _brain(g, rng):
     lab[edema] = T["edema"]
     lab[gtv] = T["enhancing"]
     lab[necrosis] = T["necrosis"]
+    if mimics:  # own generator: a brain without mimics keeps every array of its seed
+        lab[_place_mimics(g, mimic_rng, mimics, (rz - s2, ry - s2, rx - s2), brain, gtv, edema, oar)] = T["mimic"]
     lab[eyes["Eye_L"] | eyes["Eye_R"]] = T["eye"]
     hu_of = np.array([HU["air"], HU["fat"], HU["dense_bone"], HU["csf"], HU["gm"], HU["wm"],
-                      HU["edema"], HU["tumour"], HU["tumour"] - 15, HU["eye"]])
+                      HU["edema"], HU["tumour"], HU["tumour"] - 15, HU["eye"], HU["tumour"] + 10])
     hu = hu_of[lab]
     masks = {"GTV": gtv, "PTV": ptv, "Brainstem": brainstem, "OpticChiasm": chiasm, **eyes}
     return hu, body, masks, lab
@@ -418,13 +674,28 @@ def _brain(g, rng):
 _BUILDERS = {"breast": _breast, "prostate": _prostate, "head_neck": _head_neck, "brain": _brain}
 
 
+def _partial_volume(hu, body, spacing, dims, blur_mm):
+    """Blur ``hu`` inside ``body`` with a Gaussian of ``blur_mm`` (default: one in-plane voxel); air stays outside."""
+    if blur_mm is None:
+        blur_mm = float(np.mean(spacing[-2:]))
+    if isinstance(blur_mm, bool) or not isinstance(blur_mm, numbers.Real) or not np.isfinite(blur_mm) or blur_mm < 0:
+        raise ValueError(f"ct_blur_mm must be a finite standard deviation >= 0 (mm), got {blur_mm!r}")
+    if blur_mm == 0:
+        return hu
+    sigma = [blur_mm / s for s in spacing]
+    if dims == 2:
+        sigma[0] = 0.0
+    return np.where(body, ndimage.gaussian_filter(hu, sigma, mode="nearest"), hu)
+
+
 def _check_site(site):
     if not isinstance(site, str) or site not in SITES:
         raise ValueError(f"unknown site {site!r}; choose one of {SITES}")
 
 
 def make_patient(site: str, seed: int = 0, dims: int = 2, shape=None, spacing=None,
-                 ct_noise_hu: float = 8.0, mr: bool | None = None) -> Patient:
+                 ct_noise_hu: float = 15.0, mr: bool | None = None, mimics=None,
+                 ct_blur_mm=None) -> Patient:
     """Make a seeded phantom patient.
 
     Parameters
@@ -444,9 +715,26 @@ def make_patient(site: str, seed: int = 0, dims: int = 2, shape=None, spacing=No
         Voxel size in mm (per axis); defaults per site in :data:`DEFAULT_SPACING`.
         The field of view (``shape * spacing``) must contain the whole body.
     ct_noise_hu : float
-        Standard deviation of the Gaussian noise added to the CT (HU).
+        Standard deviation of the Gaussian noise added to the CT (HU) inside the
+        body; the default 15 HU is that of a clinical planning CT in soft tissue.
+        The noise is added after the partial-volume blur (see ``ct_blur_mm``).
+    ct_blur_mm : float, optional
+        Standard deviation (mm) of the Gaussian blur of the noise-free CT inside
+        the body: the scanner's point-spread function and the partial-volume
+        averaging of a voxel, which soften every edge (a small organ loses part of
+        its contrast). Default: one in-plane voxel (the mean in-plane spacing);
+        applied in-plane in 2D, on every axis in 3D. 0 turns it off.
     mr : bool, optional
         Make MR-like channels (default: only for ``brain``).
+    mimics : int or float, optional
+        ``brain`` only: enhancing spots that are not tumour (vessel-, meningioma- or
+        choroid-plexus-like; tissue ``"mimic"`` of ``BRAIN_TISSUES`` in ``labels``,
+        not in any mask), 6 to 15 mm across, at least 20 mm from the GTV and clear of
+        its oedema and of the organs at risk. An ``int`` (0 to :data:`MAX_MIMICS`)
+        is their number, a ``float`` (0 to :data:`MAX_MIMICS`) the mean of a Poisson
+        number. ``None`` or 0 (default): none, and every array is that of the same
+        seed without this option. They come from their own random stream, so
+        the rest of the patient does not depend on ``mimics``.
 
     Returns
     -------
@@ -475,7 +763,9 @@ def make_patient(site: str, seed: int = 0, dims: int = 2, shape=None, spacing=No
     else:
         g = _Grid(shape, tuple(sp))
     rng = np.random.default_rng(int(seed))
-    hu, body, masks, labels = _BUILDERS[site](g, rng)
+    mimics = _check_mimics(mimics, site)
+    extra = {} if mimics is None else {"mimics": mimics, "mimic_rng": np.random.default_rng([int(seed), 17])}
+    hu, body, masks, labels = _BUILDERS[site](g, rng, **extra)
     # the body must not be cut by the field of view (in-plane)
     edge = np.zeros(body.shape[1:], bool)
     edge[[0, -1], :] = True
@@ -484,6 +774,7 @@ def make_patient(site: str, seed: int = 0, dims: int = 2, shape=None, spacing=No
         fov = [round(n * s, 1) for n, s in zip(shape[-2:], sp[-2:])]
         raise ValueError(f"field of view {fov} mm is too small for site {site!r}: the body is cut at the "
                          f"image border; use a larger shape or spacing (default spacing {DEFAULT_SPACING[site][-2:]} mm)")
+    hu = _partial_volume(hu, body, g.spacing, dims, ct_blur_mm)
     noise_rng = np.random.default_rng([int(seed), 7])
     hu = hu + noise_rng.normal(0.0, ct_noise_hu, hu.shape) * body
     if dims == 2:

@@ -18,11 +18,11 @@ import torch
 
 from ..config import data_root
 from ..io import load_npz, save_npz
-from .anatomy import DEFAULT_SHAPE, ROI_NAMES, SITES, make_patient
+from .anatomy import DEFAULT_SHAPE, EXTRA_ROIS, ROI_NAMES, SITES, _check_mimics, make_patient
 from .optimise import PARETO_PAIRS, optimise_plan, pareto_sweep
 
 #: bump when anatomy, dose engine or objectives change (invalidates caches)
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 INPUTS = ("roi_map", "structures", "ct")
 
@@ -33,15 +33,15 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def _one_case(args):
-    site, cseed, dims, shape, spacing, plans_per_case, with_plan = args
+    site, cseed, dims, shape, spacing, plans_per_case, with_plan, mimics, *roi_names = args
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # identical numbers whatever the caller's threads
     try:
-        p = make_patient(site, cseed, dims=dims, shape=shape, spacing=spacing)
+        p = make_patient(site, cseed, dims=dims, shape=shape, spacing=spacing, mimics=mimics)
         out = {
             "ct": p.ct_hu,
             "body": p.body,
-            "rois": p.structure_stack(),
+            "rois": p.structure_stack(roi_names[0] if roi_names and roi_names[0] is not None else None),
             "roi_map": p.roi_map(),
             "rx": np.float32(max(p.prescriptions.values())),
             "spacing": np.asarray(p.spacing, np.float32),
@@ -63,15 +63,18 @@ def _one_case(args):
 
 def generate_cases(site: str, n: int, seed: int = 0, dims: int = 2, shape=None, spacing=None,
                    plans_per_case: int = 1, with_plan: bool = True, progress: bool = True,
-                   n_jobs: int = 1) -> dict:
+                   n_jobs: int = 1, mimics=None, roi_names=None) -> dict:
     """Make ``n`` cases; returns a dict of stacked arrays (first axis: case).
 
-    Keys: ``ct`` (HU), ``body``, ``rois`` (bool, ``ROI_NAMES[site]`` order),
+    Keys: ``ct`` (HU), ``body``, ``rois`` (bool, in the order of ``roi_names``,
+    default ``ROI_NAMES[site]``; a structure absent from a case is all False),
     ``roi_map``, ``rx``, ``spacing``, ``seeds``; ``dose`` (Gy,
     ``n x plans_per_case x ...``) when ``with_plan``; ``mr`` (brain);
     ``pareto_x`` when ``plans_per_case > 1`` (the share of the pair weight on
     the first OAR of :data:`~rtlearn.phantom.optimise.PARETO_PAIRS`).
-    ``n_jobs > 1`` uses worker processes; results are identical.
+    ``n_jobs > 1`` uses worker processes; results are identical. ``mimics``
+    (brain): enhancing non-tumour spots per patient, see
+    :func:`~rtlearn.phantom.make_patient`.
     """
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; choose one of {SITES}")
@@ -80,7 +83,14 @@ def generate_cases(site: str, n: int, seed: int = 0, dims: int = 2, shape=None, 
     if not isinstance(plans_per_case, (int, np.integer)) or plans_per_case < 1:
         raise ValueError(f"plans_per_case must be a positive int, got {plans_per_case!r}")
     seeds = [case_seed(seed, i) for i in range(n)]
-    jobs = [(site, s, dims, shape, spacing, plans_per_case, with_plan) for s in seeds]
+    mimics = _check_mimics(mimics, site)
+    if roi_names is not None:
+        roi_names = tuple(roi_names)
+        known = ROI_NAMES[site] + EXTRA_ROIS[site]
+        bad = [r for r in roi_names if r not in known]
+        if bad or not roi_names:
+            raise ValueError(f"roi_names {bad or roi_names} not among the structures of {site!r}: {known}")
+    jobs = [(site, s, dims, shape, spacing, plans_per_case, with_plan, mimics, roi_names) for s in seeds]
     from tqdm.auto import tqdm
 
     bar = dict(total=n, desc=f"phantom {site} {dims}D", disable=not progress)
@@ -98,9 +108,13 @@ def generate_cases(site: str, n: int, seed: int = 0, dims: int = 2, shape=None, 
     return out
 
 
-def _cached(kind, site, n, seed, dims, shape, spacing, plans_per_case, with_plan, root, cache, progress, n_jobs):
+def _cached(kind, site, n, seed, dims, shape, spacing, plans_per_case, with_plan, root, cache, progress, n_jobs,
+            mimics=None, roi_names=None):
     shape = tuple(DEFAULT_SHAPE[dims] if shape is None else shape)
-    key = json.dumps([DATA_VERSION, site, n, seed, dims, shape, spacing, plans_per_case, with_plan])
+    mimics = _check_mimics(mimics, site)
+    key = json.dumps([DATA_VERSION, site, n, seed, dims, shape, spacing, plans_per_case, with_plan]
+                     + ([] if mimics is None else [{"mimics": mimics}])
+                     + ([] if roi_names is None else [{"rois": list(roi_names)}]))
     h = hashlib.sha1(key.encode()).hexdigest()[:10]
     path = data_root(root) / "phantom" / f"{kind}_{site}_{dims}d_n{n}_s{seed}_{h}.npz"
     if cache and path.is_file():
@@ -108,7 +122,8 @@ def _cached(kind, site, n, seed, dims, shape, spacing, plans_per_case, with_plan
             return load_npz(path), path
         except ValueError:
             path.unlink()  # corrupt: regenerate
-    data = generate_cases(site, n, seed, dims, shape, spacing, plans_per_case, with_plan, progress, n_jobs)
+    data = generate_cases(site, n, seed, dims, shape, spacing, plans_per_case, with_plan, progress, n_jobs,
+                          mimics, roi_names)
     if cache:
         save_npz(path, **data)
     return data, path
@@ -212,18 +227,26 @@ class PhantomSegmentationDataset(torch.utils.data.Dataset):
     other sites. Targets are binary channels, one per name in ``targets``
     (default ``("GTV",)`` for brain, the primary target otherwise).
     ``with_dose=True`` adds the clinical plan's dose (Gy) as ``"dose"``, so that
-    a segmentation's dosimetric effect can be studied (DOSELO).
+    a segmentation's dosimetric effect can be studied (DOSELO). ``mimics``
+    (brain only; an int count or a float Poisson rate per patient, see
+    :func:`~rtlearn.phantom.make_patient`) adds enhancing spots that are not
+    tumour, far from the GTV, which provoke distant false positives.
 
     Items: ``{"input": C x H x W, "target": K x H x W, "mask": 1 x H x W (body),
-    "rois": R x H x W, "index": (), "dose": 1 x H x W (optional)}``.
+    "rois": R x H x W, "index": (), "dose": 1 x H x W (optional)}``. The ``R``
+    structures, :attr:`roi_names`, are ``ROI_NAMES[site]`` followed by
+    ``EXTRA_ROIS[site]`` (for ``head_neck``: OpenKBP's ROIs, then the optic
+    chiasm, optic nerves and submandibular glands of PDDCA); ``targets`` may be
+    any of them.
     """
 
     def __init__(self, site: str = "brain", n: int = 32, seed: int = 0, dims: int = 2, shape=None, spacing=None,
                  targets=None, ct: bool = False, with_dose: bool = False, root=None, cache: bool = True,
-                 progress: bool = True, n_jobs: int = 1):
+                 progress: bool = True, n_jobs: int = 1, mimics=None):
         if site not in SITES:
             raise ValueError(f"unknown site {site!r}; choose one of {SITES}")
-        names = ROI_NAMES[site]
+        self.mimics = _check_mimics(mimics, site)
+        names = ROI_NAMES[site] + EXTRA_ROIS[site]
         targets = (("GTV",) if site == "brain" else (names[0],)) if targets is None else tuple(targets)
         bad = [t for t in targets if t not in names]
         if bad or not targets:
@@ -232,7 +255,7 @@ class PhantomSegmentationDataset(torch.utils.data.Dataset):
         self.roi_names = names
         self.with_dose = with_dose
         self.data, self.path = _cached("seg", site, n, seed, dims, shape, spacing, 1, with_dose, root, cache,
-                                       progress, n_jobs)
+                                       progress, n_jobs, self.mimics, names if EXTRA_ROIS[site] else None)
         self.case_seeds = self.data["seeds"].tolist()
         self.in_channels = (4 + int(ct)) if site == "brain" else 1
 

@@ -23,19 +23,34 @@ the beam (mm, origin at the isocentre), :math:`d_v` its radiological
            - \\operatorname{erf}\\frac{u - w/2}{\\sqrt2\\,\\sigma}\\Big]
 
 the depth dose (build-up from surface dose :math:`s_0`, then exponential
-attenuation) and the beamlet's lateral profile (a width-:math:`w` rectangle
-convolved with a Gaussian). The defaults :math:`s_0 = 0.4`, :math:`b = 4.6` mm,
-:math:`\\mu = 0.0031` mm^-1, SAD 1000 mm, :math:`\\sigma = 4` mm give a 6 MV-like
+attenuation) and the beamlet's lateral profile :math:`p`: a width-:math:`w`
+rectangle convolved with a mixture of a narrow Gaussian (the primary beam's
+penumbra) and a broad Laplace kernel of weight :math:`a` and length
+:math:`\\lambda` (scatter in the patient and from the machine head, which
+gives the low-dose "bath" outside the field),
+
+.. math::
+
+    p(u) = (1 - a)\\, p_G(u) + a\\, \\big[F_\\lambda(u + w/2) - F_\\lambda(u - w/2)\\big],
+    \\qquad F_\\lambda(x) = \\tfrac12 + \\tfrac12 \\operatorname{sign}(x)\\,(1 - e^{-|x|/\\lambda}),
+
+with :math:`F_\\lambda` the Laplace distribution function. The defaults
+:math:`s_0 = 0.4`, :math:`b = 4.6` mm, :math:`\\mu = 0.0031` mm^-1, SAD 1000 mm,
+:math:`\\sigma = 4` mm, :math:`a = 0.1`, :math:`\\lambda = 40` mm give a 6 MV-like
 beam: maximum at 15 mm, 67 % at 100 mm depth (SSD 100 cm), 80-20 % penumbra
-:math:`2 \\cdot 0.8416\\,\\sigma \\approx 6.7` mm.
+about 7 mm, and outside a 10 x 10 cm field at 10 cm depth about 3 % of the
+central-axis dose 2 cm from the field edge, 1.4 % at 5 cm and 0.4 % at 10 cm
+(the size of the measured out-of-field dose of 6 MV beams, e.g. AAPM TG-158,
+Kry et al. 2017).
 
 The radiological depth is the line integral of the relative electron density
 from the beam's entry: the density is resampled with
 :func:`torch.nn.functional.grid_sample` on a grid aligned with the beam, summed
 cumulatively along the beam and sampled back at the voxel centres.
 
-Limits (honest list): no scatter kernel (the depth dose does not change with
-field size and there is no dose outside the geometric penumbra), no lateral
+Limits (honest list): the scatter kernel is laterally invariant and shares the
+primary's depth dose (so the depth dose does not change with field size and
+the bath does not grow with depth), no lateral
 electron disequilibrium in lung (the lung only lowers the radiological depth),
 no divergence, no leaf transmission or machine constraints, no dose outside the
 body. It is a smooth, fast, differentiable stand-in for a treatment planning
@@ -70,6 +85,20 @@ class BeamModel:
     sigma_mm: float = 4.0
     sad_mm: float = 1000.0
     inverse_square: bool = True
+    scatter_fraction: float = 0.1
+    scatter_length_mm: float = 40.0
+
+    def __post_init__(self):
+        for name in ("buildup_mm", "sigma_mm", "sad_mm", "scatter_length_mm"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"BeamModel.{name} must be a positive number (mm), got {v!r}")
+        for name in ("surface_dose", "scatter_fraction"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"BeamModel.{name} must be in [0, 1), got {v!r}")
+        if not isinstance(self.mu_per_mm, (int, float)) or not math.isfinite(self.mu_per_mm) or self.mu_per_mm < 0:
+            raise ValueError(f"BeamModel.mu_per_mm must be >= 0 (per mm), got {self.mu_per_mm!r}")
 
     def depth_dose(self, depth_mm):
         """Unnormalised depth dose :math:`f(d)` (works on numpy arrays and torch tensors)."""
@@ -79,27 +108,127 @@ class BeamModel:
         return (s0 + (1.0 - s0) * (1.0 - lib.exp(-d / b))) * lib.exp(-self.mu_per_mm * d)
 
     def profile(self, u, width_mm):
-        """Beamlet profile :math:`p(u)` for a beamlet of width ``width_mm``, torch."""
+        """Beamlet profile :math:`p(u)` for a beamlet of width ``width_mm``, torch: primary plus scatter."""
         c = 1.0 / (math.sqrt(2.0) * self.sigma_mm)
-        return 0.5 * (torch.erf((u + width_mm / 2) * c) - torch.erf((u - width_mm / 2) * c))
+        a = self.scatter_fraction
+        prim = 0.5 * (torch.erf((u + width_mm / 2) * c) - torch.erf((u - width_mm / 2) * c))
+        if a == 0:
+            return prim
+        lam = self.scatter_length_mm
+
+        def cdf(x):  # Laplace distribution function
+            return 0.5 + 0.5 * torch.sign(x) * (1.0 - torch.exp(-x.abs() / lam))
+
+        return (1.0 - a) * prim + a * (cdf(u + width_mm / 2) - cdf(u - width_mm / 2))
 
 
 def default_angles(site: str | None = None, n_beams: int | None = None) -> np.ndarray:
     """Gantry angles in degrees.
 
     ``n_beams`` equispaced beams over 360 degrees (default 9; 7 for prostate);
-    for the left breast, ``n_beams`` (default 7) beams spread over the 190-degree
-    arc from 300 to 130 degrees through 0 (tangential start and stop, as in Bai et
-    al. 2021), so that no beam enters from the posterior or contralateral-lateral side.
+    for the left breast the two tangential partial arcs of :func:`breast_arc_angles`
+    (default 6 beams) at the typical medial tangent of 305 degrees (lateral tangent
+    125 degrees); :meth:`DoseEngine.for_patient` fits the tangents to each patient.
     Angle convention: 0 = beam from anterior, 90 = from the patient's left.
     """
     if site == "breast":
-        n = 7 if n_beams is None else n_beams
-        return np.mod(np.linspace(300.0, 490.0, n), 360.0)
+        return breast_arc_angles(BREAST_TANGENT_DEG, n_beams)
     n = (7 if site == "prostate" else 9) if n_beams is None else n_beams
     if n < 1:
         raise ValueError(f"n_beams must be >= 1, got {n}")
     return np.arange(n) * 360.0 / n
+
+
+#: medial tangent (gantry angle, degrees) of the default left-breast arcs
+BREAST_TANGENT_DEG = 305.0
+
+
+def breast_arc_angles(tangent_deg: float = BREAST_TANGENT_DEG, n_beams: int | None = None,
+                      arc_deg: float = 30.0) -> np.ndarray:
+    """Left-breast VMAT: two partial arcs that start and stop at the tangents, as static beams.
+
+    As in Bai et al. (2021) the gantry starts and stops tangent to the breast: a
+    medial arc turns from the medial tangent ``tangent_deg`` (the beam enters at
+    the medial edge of the breast and grazes the chest wall) ``arc_deg`` towards
+    the anterior, and a lateral arc turns from ``arc_deg`` inside the opposed
+    lateral tangent ``tangent_deg - 180`` out to it. The beams inside the arcs
+    cross the breast obliquely and reach the lung and heart behind it, which gives
+    the low-dose bath of VMAT; no beam enters from the contralateral or posterior
+    side.
+
+    Parameters
+    ----------
+    tangent_deg : float
+        Medial tangent gantry angle (degrees); see :func:`tangent_angle`.
+    n_beams : int, optional
+        Beams in all (default 6); the medial arc gets the odd one.
+    arc_deg : float
+        Angular length of each partial arc (degrees, 0 to 90).
+
+    Returns
+    -------
+    ndarray
+        Medial arc first (from its tangent inwards), then the lateral arc (ending
+        at its tangent), wrapped to [0, 360).
+    """
+    n = 6 if n_beams is None else n_beams
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n_beams must be >= 1, got {n!r}")
+    if not np.isfinite(tangent_deg):
+        raise ValueError(f"tangent_deg must be a finite angle in degrees, got {tangent_deg!r}")
+    if not (np.isfinite(arc_deg) and 0.0 <= arc_deg <= 90.0):
+        raise ValueError(f"arc_deg must be in [0, 90] degrees, got {arc_deg!r}")
+    n_med = (int(n) + 1) // 2
+    medial = float(tangent_deg) + np.linspace(0.0, arc_deg, n_med)
+    lateral = float(tangent_deg) - 180.0 - np.linspace(0.0, arc_deg, int(n) - n_med)[::-1]
+    return np.mod(np.concatenate([medial, lateral]), 360.0)
+
+
+def tangent_angle(target, avoid, spacing, search_deg=(280.0, 340.0), step_deg: float = 1.0) -> float:
+    """Tangent gantry angle: the parallel field fitted to the target that covers the least of ``avoid``.
+
+    For each gantry angle in ``search_deg`` the field is the strip of the
+    target's projection across the beam (as the beamlets of :class:`DoseEngine`
+    place it); the angle whose strip contains the fewest ``avoid`` voxels (e.g.
+    lungs and heart) wins, the middle one of a tie. The opposed angle gives the
+    same strip, so one search finds both tangents of a breast. A 3D mask is
+    projected along z first.
+
+    Parameters
+    ----------
+    target, avoid : bool array (H, W) or (Z, H, W)
+        Target, and the organs the tangent should spare (same shape).
+    spacing : tuple of float
+        Voxel size (mm) per axis.
+    search_deg : (float, float)
+        Range of gantry angles searched (degrees; default: medial tangents of a left breast).
+    step_deg : float
+        Angular step (degrees).
+    """
+    tgt = np.asarray(target, bool)
+    if tgt.ndim not in (2, 3):
+        raise ValueError(f"target must be 2D (H, W) or 3D (Z, H, W), got shape {tgt.shape}")
+    av = check_mask(avoid, tgt.shape, name="avoid", allow_empty=True)
+    sp = check_spacing(spacing, tgt.ndim)
+    if not tgt.any():
+        raise ValueError("target is empty; a tangent needs a target with at least one voxel")
+    if tgt.ndim == 3:
+        tgt, av, sp = tgt.any(0), av.any(0), sp[1:]
+    lo, hi = (float(a) for a in search_deg)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi >= lo) or not step_deg > 0:
+        raise ValueError(f"search_deg must be (low, high) with high >= low and step_deg > 0, got "
+                         f"{search_deg!r}, {step_deg!r}")
+    yc, xc = (_axis_coords(n, s) for n, s in zip(tgt.shape, sp))
+    ty, tx = np.nonzero(tgt)
+    ay, ax = np.nonzero(av)
+    th = np.deg2rad(np.arange(lo, hi + 1e-9, step_deg))[:, None]
+    s, c = np.sin(th), np.cos(th)
+    t_tgt = yc[ty][None] * s + xc[tx][None] * c          # across-beam coordinate, as in DoseEngine
+    t_av = yc[ay][None] * s + xc[ax][None] * c
+    inside = (t_av >= t_tgt.min(1, keepdims=True)) & (t_av <= t_tgt.max(1, keepdims=True))
+    cnt = inside.sum(1)
+    best = np.rad2deg(th[cnt == cnt.min(), 0])
+    return float(best[len(best) // 2])
 
 
 def arc_angles(start_deg: float, stop_deg: float, n_beams: int) -> np.ndarray:
@@ -335,13 +464,24 @@ class DoseEngine:
 
     @classmethod
     def for_patient(cls, patient, angles=None, target=None, n_beams=None, **kw):
-        """Engine for a :class:`~rtlearn.phantom.anatomy.Patient`; beamlets cover all its targets."""
-        if angles is None:
-            angles = default_angles(patient.site, n_beams)
+        """Engine for a :class:`~rtlearn.phantom.anatomy.Patient`; beamlets cover all its targets.
+
+        Without ``angles`` the site's :func:`default_angles`; for the breast the
+        two partial arcs of :func:`breast_arc_angles` start at this patient's
+        tangents (:func:`tangent_angle` of the target, sparing lungs and heart).
+        """
         if target is None:
             target = np.zeros(patient.shape, bool)
             for t in patient.prescriptions:
                 target |= patient.masks[t]
+        if angles is None:
+            angles = default_angles(patient.site, n_beams)
+            avoid = np.zeros(patient.shape, bool)
+            for name in ("Lung_L", "Lung_R", "Heart"):
+                if patient.site == "breast" and name in patient.masks:
+                    avoid |= patient.masks[name]
+            if avoid.any():  # left breast: the arcs start at this patient's tangents
+                angles = breast_arc_angles(tangent_angle(target, avoid, patient.spacing), n_beams)
         return cls(patient.density, patient.body, patient.spacing, angles, target=target, **kw)
 
 
@@ -380,10 +520,16 @@ def central_axis_pdd(model: BeamModel | None = None, field_mm: float = 100.0, de
 
 
 def lateral_profile(model: BeamModel | None = None, field_mm: float = 100.0, depth_mm: float = 100.0,
-                    step_mm: float = 0.5):
-    """Cross-beam dose profile at ``depth_mm`` in water: ``(x_mm, dose / central dose)``."""
+                    step_mm: float = 0.5, beyond_edge_mm: float = 40.0):
+    """Cross-beam dose profile at ``depth_mm`` in water: ``(x_mm, dose / central dose)``.
+
+    The water extends ``beyond_edge_mm`` past each field edge (use 120 mm or more to
+    see the out-of-field dose far from the field).
+    """
+    if not beyond_edge_mm > 0:
+        raise ValueError(f"beyond_edge_mm must be > 0, got {beyond_edge_mm!r}")
     n = int(round((depth_mm + 80) / step_mm))
-    w = int(round((field_mm + 120) / step_mm))
+    w = int(round((field_mm + 2 * beyond_edge_mm + 40) / step_mm))
     dens, body = water_phantom((n, w), step_mm)
     ys, xs = _axis_coords(n, step_mm), _axis_coords(w, step_mm)
     surface = ys[body[:, w // 2]][0] - step_mm / 2

@@ -3,7 +3,10 @@
 Each tissue class of :data:`BRAIN_TISSUES` (the label map of the brain phantom of
 :mod:`rtlearn.phantom.anatomy`) gets a
 typical relative signal per sequence (tumour dark on T1, enhancing rim bright
-on T1c, oedema bright on T2 and FLAIR, CSF dark on FLAIR). The ideal image is
+on T1c, oedema bright on T2 and FLAIR, CSF dark on FLAIR; a "mimic" -- an enhancing
+spot that is not tumour, such as a vessel, a small meningioma or choroid plexus --
+bright on T1c like the tumour rim, slightly dark on T1 and slightly bright on T2 and
+FLAIR (between grey matter and the tumour), with no oedema around it). The ideal image is
 blurred slightly (partial volume), multiplied by a smooth random bias field
 :math:`b(\\mathbf{x}) = \\exp(\\sum_k c_k\\, p_k(\\mathbf{x}))` with low-order
 polynomials :math:`p_k`, and corrupted by Rician noise
@@ -15,17 +18,19 @@ import numpy as np
 from scipy import ndimage
 
 #: tissue labels of the brain phantom (:mod:`rtlearn.phantom.anatomy` paints them; the MR signals follow them)
-BRAIN_TISSUES = ("air", "scalp", "skull", "csf", "gm", "wm", "edema", "enhancing", "necrosis", "eye")
+BRAIN_TISSUES = ("air", "scalp", "skull", "csf", "gm", "wm", "edema", "enhancing", "necrosis", "eye", "mimic")
+#: tissues whose contrast jitter comes from the main stream (those after it draw from their own)
+_N_CORE = 10
 
 SEQUENCES = ("T1", "T1c", "T2", "FLAIR")
 
 #: relative signal per tissue (rows follow BRAIN_TISSUES)
-#:            air   scalp skull csf   gm    wm    edema enh   necr  eye
+#:            air   scalp skull csf   gm    wm    edema enh   necr  eye   mimic
 _SIGNAL = {
-    "T1":    [0.0, 0.90, 0.06, 0.15, 0.50, 0.66, 0.45, 0.40, 0.22, 0.15],
-    "T1c":   [0.0, 0.92, 0.06, 0.15, 0.52, 0.66, 0.45, 0.98, 0.22, 0.16],
-    "T2":    [0.0, 0.60, 0.05, 1.00, 0.62, 0.45, 0.85, 0.75, 0.92, 0.95],
-    "FLAIR": [0.0, 0.70, 0.05, 0.10, 0.58, 0.45, 0.92, 0.80, 0.35, 0.12],
+    "T1":    [0.0, 0.90, 0.06, 0.15, 0.50, 0.66, 0.45, 0.40, 0.22, 0.15, 0.45],
+    "T1c":   [0.0, 0.92, 0.06, 0.15, 0.52, 0.66, 0.45, 0.98, 0.22, 0.16, 0.95],
+    "T2":    [0.0, 0.60, 0.05, 1.00, 0.62, 0.45, 0.85, 0.75, 0.92, 0.95, 0.70],
+    "FLAIR": [0.0, 0.70, 0.05, 0.10, 0.58, 0.45, 0.92, 0.80, 0.35, 0.12, 0.68],
 }
 
 
@@ -64,10 +69,13 @@ def mr_channels(labels, spacing, seed: int, noise: float = 0.03) -> dict:
     if labels.min() < 0 or labels.max() >= len(BRAIN_TISSUES):
         raise ValueError(f"labels must be in 0..{len(BRAIN_TISSUES) - 1}")
     rng = np.random.default_rng([int(seed), 11])
+    extra_rng = np.random.default_rng([int(seed), 11, 17])   # tissues added later: older channels unchanged
     sigma = [0.8 / s for s in spacing]
     out = {}
     for name in SEQUENCES:
-        table = np.asarray(_SIGNAL[name]) * rng.uniform(0.92, 1.08, len(BRAIN_TISSUES))
+        jitter = np.concatenate([rng.uniform(0.92, 1.08, _N_CORE),
+                                 extra_rng.uniform(0.92, 1.08, len(BRAIN_TISSUES) - _N_CORE)])
+        table = np.asarray(_SIGNAL[name]) * jitter
         table[0] = 0.0
         img = ndimage.gaussian_filter(table[labels], sigma)
         img = img * bias_field(labels.shape, rng)

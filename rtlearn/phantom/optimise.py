@@ -45,10 +45,11 @@ from .dose_engine import DoseEngine
 
 #: default OAR mean-dose weights per site
 OAR_WEIGHTS = {
-    "breast": {"Heart": 1.0, "Lung_L": 1.0, "Lung_R": 0.3, "SpinalCord": 0.2},
+    # breast: low weights accept the lung and heart doses of clinical VMAT (Bai et al. 2021, Table 4)
+    "breast": {"Heart": 0.3, "Lung_L": 0.2, "Lung_R": 0.1, "SpinalCord": 0.2},
     "prostate": {"Rectum": 1.0, "Bladder": 1.0, "FemoralHead_L": 0.3, "FemoralHead_R": 0.3},
-    "head_neck": {"RightParotid": 1.0, "LeftParotid": 1.0, "Larynx": 0.5, "Esophagus": 0.5,
-                  "Mandible": 0.3, "SpinalCord": 0.2, "Brainstem": 0.2},
+    "head_neck": {"RightParotid": 1.0, "LeftParotid": 1.0, "Larynx": 0.5, "Esophagus": 0.45,
+                  "Mandible": 0.3, "SpinalCord": 0.22, "Brainstem": 0.3},
     "brain": {"Brainstem": 1.0, "OpticChiasm": 1.0, "Eye_L": 0.5, "Eye_R": 0.5},
 }
 #: maximum-dose limits (Gy) of serial organs

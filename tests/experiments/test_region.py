@@ -148,7 +148,8 @@ def test_gradient_map_is_eq3_of_chen():
 # --------------------------------------------------------------------------- the chapter shape
 def test_default_config_profiles_and_errors():
     q = R.default_config("quick")
-    assert (q.n_train, q.n_val, q.n_test, q.shape, q.spacing, q.noise_hu) == (48, 8, 24, (64, 64), 3.2, 80.0)
+    assert (q.n_train, q.n_val, q.n_test, q.shape, q.spacing, q.noise_hu) == (48, 8, 24, (64, 64), 3.2, 0.0)
+    assert q.organs == R.ORGANS_PHANTOM and len(q.organs) == 9 and q.window == (-200.0, 400.0)
     assert (q.epochs, q.width, q.depth, q.batch_size, q.lr, q.early_stopping) == (40, 8, 3, 4, 3e-3, None)
     assert q.arms == R.MAIN_ARMS and q.grid == 16 and (q.A, q.B) == (0.3, 0.4)
     s = R.default_config("study")

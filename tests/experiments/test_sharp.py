@@ -254,7 +254,7 @@ def test_run_record(tiny):
     for name in ["MAD inside the body", "MAD PTV", "MAD 0-500 cGy", *sharp.TABLE4_ROWS]:
         assert name in rec["metrics"]["MSE"]
     live = rec["live"]
-    assert live["reference"].shape == live["predictions"]["MSE"].shape == (3, 32, 32) and live["rx_gy"] == 50.0
+    assert live["reference"].shape == live["predictions"]["MSE"].shape == (3, 48, 48) and live["rx_gy"] == 50.0
     # targets are dose / 60 Gy, the paper's dose / 6000 cGy
     item = data.dataset[data.test[0]]
     np.testing.assert_allclose(item["target"][0].numpy() * 60.0, live["reference"][0], rtol=1e-5, atol=1e-4)
@@ -317,11 +317,11 @@ def test_3d_path_smoke(tmp_path):
     """The full profile's code path (3D volumes) on a tiny grid."""
     import matplotlib.pyplot as plt
 
-    cfg = sharp.Config(dims=3, n_train=2, n_val=1, n_test=2, shape=(8, 32, 32), spacing=(16.0, 12.0, 12.0),
+    cfg = sharp.Config(dims=3, n_train=2, n_val=1, n_test=2, shape=(8, 48, 48), spacing=(16.0, 8.0, 8.0),
                        gammas=(100.0,), epochs=1, depth=2, width=2, root=str(tmp_path))
     rec = sharp.run(cfg, 0, progress=False)
     validate_record(rec)
-    assert rec["live"]["predictions"]["SL γ=100"].shape == (2, 8, 32, 32)
+    assert rec["live"]["predictions"]["SL γ=100"].shape == (2, 8, 48, 48)
     assert len(rec["live"]["spacing"]) == 3
     st = from_runs("sharp", "full", cfg, {0: rec})
     assert np.isfinite(sharp.table1(st)["rows"]["Inside the body"]["MSE"]).all()

@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 
-from rtlearn.phantom import DEFAULT_SHAPE, PRESCRIPTIONS, SITES, hu_to_density, make_patient
+from rtlearn.phantom import DEFAULT_SHAPE, PRESCRIPTIONS, ROI_NAMES, SITES, hu_to_density, make_patient
+from rtlearn.phantom.anatomy import EXTRA_ROIS
 
 OPENKBP_ROIS = {"PTV70", "PTV63", "PTV56", "RightParotid", "LeftParotid", "SpinalCord", "Brainstem",
                 "Mandible", "Larynx", "Esophagus"}
+PDDCA_EXTRA = {"OpticChiasm", "OpticNerve_L", "OpticNerve_R", "Submandibular_L", "Submandibular_R"}
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -35,9 +37,13 @@ def test_roi_names_per_site():
     assert set(make_patient("breast", 0).masks) == {"PTV", "Lung_L", "Lung_R", "Heart", "SpinalCord"}
     assert set(make_patient("prostate", 0).masks) == {"PTV", "Rectum", "Bladder", "FemoralHead_L", "FemoralHead_R"}
     hn2 = make_patient("head_neck", 0)
-    assert set(hn2.masks) <= OPENKBP_ROIS and {"PTV70", "SpinalCord", "LeftParotid", "RightParotid"} <= set(hn2.masks)
+    assert set(hn2.masks) <= OPENKBP_ROIS | PDDCA_EXTRA
+    assert {"PTV70", "SpinalCord", "LeftParotid", "RightParotid"} | PDDCA_EXTRA <= set(hn2.masks)
     hn3 = make_patient("head_neck", 0, dims=3, shape=(24, 64, 64), spacing=(8.0, 4.0, 4.0))
-    assert set(hn3.masks) == OPENKBP_ROIS
+    assert set(hn3.masks) >= OPENKBP_ROIS and set(hn3.masks) <= OPENKBP_ROIS | PDDCA_EXTRA
+    # the segmentation-only structures are not planning ROIs
+    assert set(ROI_NAMES["head_neck"]) == OPENKBP_ROIS and set(EXTRA_ROIS["head_neck"]) == PDDCA_EXTRA
+    assert not set(hn2.oars) & PDDCA_EXTRA and all(EXTRA_ROIS[s] == () for s in SITES if s != "head_neck")
     br = make_patient("brain", 0)
     assert set(br.masks) == {"GTV", "PTV", "Brainstem", "OpticChiasm", "Eye_L", "Eye_R"}
     assert not (br.masks["GTV"] & ~br.masks["PTV"]).any()  # PTV = GTV + margin

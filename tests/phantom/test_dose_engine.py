@@ -35,12 +35,52 @@ def test_profile_matches_analytic_erf_edge():
     """Sum of abutting beamlets = rectangle convolved with a Gaussian (independent erf reference)."""
     from scipy.special import erf
 
-    m = BeamModel(sigma_mm=3.0)
+    m = BeamModel(sigma_mm=3.0, scatter_fraction=0.0)
     x, prof = lateral_profile(m, field_mm=60.0, depth_mm=50.0)
     s = np.sqrt(2) * 3.0
     ref = 0.5 * (erf((x + 30) / s) - erf((x - 30) / s))
     sel = np.abs(x) < 45
     np.testing.assert_allclose(prof[sel], ref[sel] / ref[np.argmin(np.abs(x))], atol=2e-3)
+
+
+def test_profile_with_scatter_matches_gaussian_plus_laplace():
+    """Open field = rectangle convolved with (1 - a) Gaussian + a Laplace (scipy's distribution functions)."""
+    from scipy.stats import laplace, norm
+
+    m = BeamModel(sigma_mm=3.0, scatter_fraction=0.2, scatter_length_mm=25.0)
+    x, prof = lateral_profile(m, field_mm=60.0, depth_mm=50.0, beyond_edge_mm=100.0)
+
+    def conv(cdf):
+        return cdf(x + 30) - cdf(x - 30)
+
+    ref = 0.8 * conv(norm(scale=3.0).cdf) + 0.2 * conv(laplace(scale=25.0).cdf)
+    sel = np.abs(x) < 110
+    np.testing.assert_allclose(prof[sel], ref[sel] / ref[np.argmin(np.abs(x))], atol=2e-3)
+
+
+def test_out_of_field_dose_6mv_like():
+    """Dose outside a 10 x 10 cm field at 10 cm depth: a few % near the edge, falling with distance.
+
+    Measured 6 MV out-of-field dose (AAPM TG-158, Kry et al. 2017) is about 3-5 % of the
+    central-axis dose 2-3 cm from the field edge, 1-2 % at 5 cm and well under 1 % at 10 cm.
+    """
+    x, prof = lateral_profile(field_mm=100.0, depth_mm=100.0, beyond_edge_mm=130.0)
+    at = {r: 100 * np.interp(50.0 + r, x, prof) for r in (20, 30, 50, 100)}
+    assert 2.0 <= at[20] <= 6.0, at
+    assert 1.5 <= at[30] <= 5.0, at
+    assert 0.7 <= at[50] <= 2.5, at
+    assert 0.1 <= at[100] <= 1.0, at
+    assert at[20] > at[30] > at[50] > at[100]
+    # without scatter the dose 3 cm outside the field is nil
+    x0, p0 = lateral_profile(BeamModel(scatter_fraction=0.0), field_mm=100.0, depth_mm=100.0, beyond_edge_mm=130.0)
+    assert np.interp(80.0, x0, p0) < 1e-4
+
+
+@pytest.mark.parametrize("kw", [dict(scatter_fraction=1.0), dict(scatter_fraction=-0.1), dict(scatter_length_mm=0.0),
+                                dict(sigma_mm=float("nan")), dict(surface_dose=1.5), dict(mu_per_mm=-1.0)])
+def test_beam_model_rejects_bad_parameters(kw):
+    with pytest.raises(ValueError, match="BeamModel"):
+        BeamModel(**kw)
 
 
 def test_opposed_beams_mirror():
@@ -119,8 +159,8 @@ def test_bad_inputs():
 def test_beam_angles():
     np.testing.assert_allclose(default_angles("prostate"), np.arange(7) * 360 / 7)
     assert len(default_angles("head_neck")) == 9
-    br = default_angles("breast")  # 300 -> 130 through 0: never from the patient's right-posterior side
-    assert br[0] == 300 and br[-1] == pytest.approx(130) and not np.any((br > 130) & (br < 300))
+    br = default_angles("breast")  # tangential partial arcs: never from the patient's right or posterior side
+    assert br[0] == 305 and br[-1] == pytest.approx(125) and not np.any((br > 125) & (br < 305))
     np.testing.assert_allclose(arc_angles(350, 10, 3), [350, 0, 10])
     assert len(arc_angles(181, 179, 36)) == 36
     with pytest.raises(ValueError, match="n_beams"):
