@@ -427,8 +427,10 @@ def _head_neck(g, rng):
     par = {}
     for name, sx in (("RightParotid", -1.0), ("LeftParotid", 1.0)):
         par[name] = g.ellipsoid((U(5, 15), U(4, 18), sx * U(40, 50)), (U(18, 25), U(12, 18), U(9, 14))) & body
-    # larynx inside the mandible's arc (cut by its inner face)
-    larynx = g.ellipsoid((U(-20, -10), U(-64, -50), 0), (U(22, 30), U(10, 14), U(12, 16))) & m_in & body
+    # larynx inside the mandible's arc (cut by its inner face; at least a third of it behind that face)
+    l_z, l_cy, l_rz, l_ry, l_rx = U(-20, -10), U(-64, -50), U(22, 30), U(10, 14), U(12, 16)
+    l_cy = max(l_cy, m_c[1] - (m_ry - th) + l_ry / 3)
+    larynx = g.ellipsoid((l_z, l_cy, 0), (l_rz, l_ry, l_rx)) & m_in & body
     # oesophagus 1-3 mm in front of the vertebral body, airway 1-4 mm in front of the oesophagus
     e_ry, e_x, e_r = U(5, 7), U(-3, 3), U(5, 7)
     e_cy = vb_c - vb_r - U(1, 3) - e_ry

@@ -48,7 +48,7 @@ OAR_WEIGHTS = {
     # breast: low weights accept the lung and heart doses of clinical VMAT (Bai et al. 2021, Table 4)
     "breast": {"Heart": 0.3, "Lung_L": 0.2, "Lung_R": 0.1, "SpinalCord": 0.2},
     "prostate": {"Rectum": 1.0, "Bladder": 1.0, "FemoralHead_L": 0.3, "FemoralHead_R": 0.3},
-    "head_neck": {"RightParotid": 1.0, "LeftParotid": 1.0, "Larynx": 0.5, "Esophagus": 0.45,
+    "head_neck": {"RightParotid": 1.0, "LeftParotid": 1.0, "Larynx": 0.45, "Esophagus": 1.0,
                   "Mandible": 0.3, "SpinalCord": 0.22, "Brainstem": 0.3},
     "brain": {"Brainstem": 1.0, "OpticChiasm": 1.0, "Eye_L": 0.5, "Eye_R": 0.5},
 }
