@@ -727,7 +727,8 @@ def example_case(prefer_openkbp: bool = True, patient: str = "pt_201", root=None
     p = make_patient("head_neck", seed=3, dims=2, shape=(96, 96), spacing=(2.67, 2.67))
     plan = optimise_plan(p)
     return {"source": "phantom", "name": "head_neck seed 3", "dose": plan.dose.astype(np.float64),
-            "rois": {n: m for n, m in p.masks.items() if m.any()}, "spacing": tuple(p.spacing), "axial": None}
+            "rois": {n: p.masks[n] for n in ROI_NAMES if n in p.masks and p.masks[n].any()},
+            "spacing": tuple(p.spacing), "axial": None}
 
 
 def relaxed_vs_exact(dose, mask, steepness_values, bins: int = 64, dose_range=(0.0, 80.0)) -> dict:

@@ -265,9 +265,8 @@ def default_config(profile: str | None = None, **overrides) -> Config:
       epochs with early stopping after 10 epochs without improvement of the
       validation loss (the best weights restored), ``dsc_early`` after 5 epochs
       (200 optimisation steps, while the baseline is still learning). Measured
-      cost of seed 0: 488 s (8.1 min) on one thread of a 2-core CPU shared with
-      other jobs (load average 6-9; 35, 32 and 48 epochs for the three arms),
-      so five seeds take about 40 min on one core, 25 min on two.
+      cost: 300-309 s per seed on one thread of a 2-core CPU shared with another
+      study (load average about 3), 22.6 min for seeds 0-4.
     * ``full`` (GPU): OpenKBP's CT volumes with its seven organs at risk (every
       patient with a CT), a 4-level U-Net of width 16, 60 epochs, batch 2; with
       ``source="phantom"`` 160 / 20 / 40 3D phantoms of 64 x 128 x 128 voxels
