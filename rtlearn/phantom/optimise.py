@@ -211,17 +211,23 @@ class _Operator:
 
     def __init__(self, engine: DoseEngine, dense_limit: int = 8_000_000):
         self.engine = engine
-        n_vox = int(np.prod(engine.grid_shape))
-        self.A = engine.matrix() if n_vox * engine.n_beamlets <= dense_limit else None
+        self.n_vox = int(np.prod(engine.grid_shape))
+        self.A = None
+        if self.n_vox * engine.n_beamlets <= dense_limit:
+            A = engine.matrix()
+            # only voxels inside the body receive dose: keep those rows (a third to a half of the grid)
+            self.rows = torch.nonzero((A != 0).any(dim=1)).reshape(-1)
+            self.A = A[self.rows].contiguous()
 
     def forward(self, w):
         if self.A is not None:
-            return self.A @ w.to(self.A.dtype)
+            d = torch.zeros(self.n_vox, device=self.A.device, dtype=self.A.dtype)
+            return d.index_copy_(0, self.rows, self.A @ w.to(self.A.dtype))
         return self.engine.dose(w.to(self.engine.dtype)).reshape(-1)
 
     def adjoint(self, g):
         if self.A is not None:
-            return self.A.T @ g.to(self.A.dtype)
+            return self.A.T @ g.to(self.A.dtype)[self.rows]
         return self.engine.adjoint(g.to(self.engine.dtype))
 
 
@@ -333,7 +339,9 @@ def _optimise(patient, engine, oar_weights, method, max_iter, device, normalise,
         opt = torch.optim.Adam([wt], lr=0.05 * float(w0[0]))
         for _ in range(int(max_iter)):
             opt.zero_grad()
-            loss = obj.value(op.forward(wt).to(torch.float64) if op.A is None else (op.A.double() @ wt))
+            loss = obj.value(op.forward(wt).to(torch.float64) if op.A is None
+                             else torch.zeros(op.n_vox, dtype=torch.float64, device=wt.device).index_copy(
+                                 0, op.rows, op.A.double() @ wt))
             loss.backward()
             opt.step()
             with torch.no_grad():

@@ -126,3 +126,24 @@ def test_plan_bad_inputs():
     eng = DoseEngine.for_patient(p)
     with pytest.raises(ValueError, match="n_plans"):
         pareto_sweep(p, 0, engine=eng)
+
+
+def test_dense_operator_on_body_rows_equals_the_full_matrix():
+    """The planner keeps only the body's rows of A; forward and adjoint equal the full matrix products."""
+    import torch
+
+    from rtlearn.phantom import DoseEngine, make_patient
+    from rtlearn.phantom.optimise import _Operator
+
+    p = make_patient("head_neck", 1, shape=(64, 64), spacing=4.0)
+    eng = DoseEngine.for_patient(p, dtype=torch.float64)
+    op = _Operator(eng)
+    A = eng.matrix()
+    assert op.A.shape[0] == int(p.body.sum()) < A.shape[0]
+    w = torch.rand(eng.n_beamlets, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(op.forward(w), A @ w, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op.adjoint(g), A.T @ g, rtol=1e-10, atol=1e-10)
+    # the factorised path (3D and large grids) also skips the pixels outside the body
+    torch.testing.assert_close(eng.dose(w).reshape(-1), A @ w, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(eng.adjoint(g), A.T @ g, rtol=1e-10, atol=1e-10)
