@@ -18,12 +18,13 @@ EXECUTE ?=
 NOTEBOOKS := $(shell awk '/file: *book\//{sub(/.*file: */,""); print}' _toc.yml | while read f; do [ -f "$$f.ipynb" ] && echo "$$f.ipynb"; done)
 STAMP := $(VENV)/.rtlearn-installed
 
-.PHONY: help venv book execute test unit nbval clean
+.PHONY: help venv book execute test unit nbval dist clean
 
 help:
 	@echo "make book   - build the HTML book into _build/html (EXECUTE=1 re-executes the notebooks, PROFILE=$(PROFILE))"
 	@echo "make test   - unit tests and nbval over every chapter (quick profile)"
 	@echo "make venv   - only create/refresh the virtualenv $(VENV)"
+	@echo "make dist   - build the sdist and the wheel into $(DIST) (tests/test_wheel.py checks them)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +60,18 @@ nbval: $(STAMP)
 
 test: $(STAMP)
 	RTLEARN_PROFILE=quick $(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
+
+# The sdist from the work tree, then the wheel from the unpacked sdist, as `python -m build` does
+# (setuptools from the venv, no network, nothing written into the work tree but rtlearn.egg-info).
+DIST ?= _build/dist
+dist: $(STAMP)
+	@rm -rf $(DIST) && mkdir -p $(DIST)/src
+	@$(PY) -c "import sys; from setuptools import build_meta as b; b.build_sdist(sys.argv[1])" $(DIST) > $(DIST)/build.log 2>&1 \
+	  || { cat $(DIST)/build.log; exit 1; }
+	@tar xzf $(DIST)/rtlearn-*.tar.gz -C $(DIST)/src
+	@$(PY) -m pip wheel $(PIP_FLAGS) --no-deps --no-build-isolation --no-cache-dir -w $(DIST) $(DIST)/src/rtlearn-* >> $(DIST)/build.log 2>&1 \
+	  || { cat $(DIST)/build.log; exit 1; }
+	@rm -rf $(DIST)/src && ls -l $(DIST)/rtlearn-*
 
 clean:
 	rm -rf _build _build.log .pytest_cache

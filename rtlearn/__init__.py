@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
-
 _SUBMODULES = {
     "config", "io", "dvh", "metrics", "models", "train", "plotting", "losses",
     "phantom", "data", "book", "toy", "pareto", "experiments", "tables", "rois", "bench", "study",
@@ -28,7 +26,26 @@ def profile() -> str:
     return _profile()
 
 
+def _version() -> str:
+    """The version written once, in ``pyproject.toml``: read from the installed package's metadata, or
+    from ``pyproject.toml`` beside the package when it runs from a source tree that is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(__name__)
+    except metadata.PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M) if pyproject.is_file() else None
+        return found.group(1) if found else "0+unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":  # resolved on first access, so that ``import rtlearn`` stays light
+        globals()[name] = value = _version()
+        return value
     if name in _SUBMODULES:
         module = importlib.import_module(f".{name}", __name__)
         globals()[name] = module
@@ -37,4 +54,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | _SUBMODULES)
+    return sorted(set(globals()) | _SUBMODULES | {"__version__"})
