@@ -79,6 +79,20 @@ def pick(quick, full, study=_UNSET, *, profile_name: str | None = None):
     return study
 
 
+def check_overrides(config_cls, overrides, what: str = "Config field(s)") -> None:
+    """Raise ``ValueError`` if ``overrides`` names a field that the dataclass ``config_cls`` does not have.
+
+    Every chapter's ``default_config(profile, **overrides)`` calls this before building its config,
+    so that a misspelt size is an error instead of being ignored.
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; the fields are {sorted(known)}")
+
+
 def get_device(prefer: str | None = None):
     """Choose a torch device: ``cuda`` > ``mps`` > ``cpu``.
 

@@ -41,3 +41,21 @@ def test_bad_profile_names(monkeypatch, bad):
         monkeypatch.setenv("RTLEARN_PROFILE", bad)
         with pytest.raises(ValueError, match="RTLEARN_PROFILE"):
             config.profile()
+
+
+def test_check_overrides_names_the_unknown_fields():
+    import dataclasses
+
+    from rtlearn.config import check_overrides
+
+    @dataclasses.dataclass
+    class C:
+        epochs: int = 1
+        lr: float = 0.1
+
+    check_overrides(C, {"epochs": 3})
+    check_overrides(C, {})
+    with pytest.raises(ValueError, match=r"unknown Config field\(s\) \['epoch', 'rate'\]; the fields are \['epochs', 'lr'\]"):
+        check_overrides(C, {"epoch": 3, "rate": 1, "lr": 0.2})
+    with pytest.raises(ValueError, match="unknown baseline settings"):
+        check_overrides(C, {"x": 1}, "baseline settings")

@@ -31,7 +31,6 @@ The chapter shape: :class:`Config` / :func:`default_config` (the only place a pr
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import numbers
@@ -247,10 +246,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
         For an unknown profile or an override that is not a field of :class:`Config`.
     """
     name = _config.profile() if profile is None else _config.check_profile(profile)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown DOSELO config field(s) {unknown}; the fields are {sorted(fields)}")
+    _config.check_overrides(Config, overrides, "DOSELO config field(s)")
     sizes = {"quick": {}, "study": _STUDY, "full": _FULL}[name]
     return Config(**{**sizes, **overrides})
 

@@ -26,7 +26,6 @@ the prescription; :func:`summary_table` averages them and
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from torch import nn
 
 from .. import plotting
 from .._validate import check_int
-from ..config import check_profile, data_root, get_device
+from ..config import check_overrides, check_profile, data_root, get_device
 from ..config import profile as active_profile
 from ..io import load_npz, save_npz
 from ..metrics.stats import Claim, format_comparison, judge, seed_summary
@@ -244,10 +243,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
         For an unknown profile, an unknown override name or an invalid value.
     """
     name = active_profile() if profile is None else check_profile(profile)
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown Config field(s) {unknown}; the fields are {sorted(known)}")
+    check_overrides(Config, overrides)
     return Config(**{**_PROFILES[name], **overrides})
 
 

@@ -39,7 +39,7 @@ weight decay; model selection by the lowest validation loss of each model.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from .. import dvh as exact_dvh
 from .. import plotting
-from ..config import pick
+from ..config import check_overrides, pick
 from ..data.openkbp import dataset as openkbp
 from ..data.openkbp.eval import predict_patient
 from ..data.openkbp.format import spacing_zyx, to_zyx
@@ -282,10 +282,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
         For an unknown profile or override name, or a bad value.
     """
     sizes = pick(_PROFILES["quick"], _PROFILES["full"], study=_PROFILES["study"], profile_name=profile)
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown dvh_loss setting(s) {unknown}; known: {sorted(known)}")
+    check_overrides(Config, overrides, "dvh_loss setting(s)")
     return replace(Config(), **{**sizes, **overrides})
 
 

@@ -16,9 +16,9 @@ times 70 Gy (:class:`rtlearn.models.ScaledDose`), trained with :func:`rtlearn.tr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
-from ..config import pick
+from ..config import check_overrides, pick
 from ..data.openkbp.dataset import OpenKBPDataset
 from ..data.openkbp.eval import evaluate_openkbp
 from ..losses.dose import masked_mae
@@ -84,10 +84,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
     """The sizes for ``profile`` (default: the active profile, ``RTLEARN_PROFILE``); keywords override fields."""
     cfg = replace(Config(), **pick(_PROFILES["quick"], _PROFILES["full"], study=_PROFILES["study"],
                                    profile_name=profile))
-    known = {f.name for f in fields(Config)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown baseline settings {sorted(unknown)}; known: {sorted(known)}")
+    check_overrides(Config, overrides, "baseline settings")
     return replace(cfg, **overrides)
 
 

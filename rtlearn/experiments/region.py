@@ -39,7 +39,6 @@ Choices (arguments, documented here):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import metrics as M
-from ..config import get_device, profile as active_profile, check_profile
+from ..config import check_overrides, check_profile, get_device, profile as active_profile
 from ..data.openkbp import dataset as okbp
 from ..data.openkbp.format import spacing_zyx, to_zyx
 from ..losses import overlap as _overlap
@@ -278,10 +277,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
         For an unknown profile, an unknown override name or a bad value.
     """
     name = active_profile() if profile is None else check_profile(profile)
-    fields = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown Config field(s) {unknown}; the fields are {sorted(fields)}")
+    check_overrides(Config, overrides)
     if name == "quick":
         base = {}
     elif name == "study":

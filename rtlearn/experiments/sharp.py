@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .. import dvh, plotting
 from .._validate import check_dose, check_mask
-from ..config import pick
+from ..config import check_overrides, pick
 from ..data.openkbp.dataset import OpenKBPDataset, find_openkbp, list_patients
 from ..data.openkbp.format import spacing_zyx
 from ..losses.sharp import SharpLoss
@@ -279,7 +279,6 @@ class Config:
         return self.n_train + self.n_val + self.n_test
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(Config))
 
 
 def default_config(profile: str | None = None, **overrides) -> Config:
@@ -326,9 +325,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
     ValueError
         For an unknown profile or override name, or an invalid value.
     """
-    unknown = sorted(set(overrides) - set(_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown Config field(s) {unknown}; the fields are {', '.join(_FIELDS)}")
+    check_overrides(Config, overrides)
     source = overrides.get("source", "phantom")
     if source == "openkbp":
         quick = Config(dims=3, source="openkbp", n_train=20, n_val=5, n_test=10, downsample=4, epochs=10,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dvh import dose_at_volume
+from ..dvh import dose_at_volume, volume_at_dose
 from ..tables import Markdown, markdown_table
 
 __all__ = ["BAI2021_BREAST", "BAI2021_IMBALANCE", "BREAST_RANGES", "OPENKBP_OAR_MEAN_DOSE", "CONSTRAINTS",
@@ -76,7 +76,7 @@ def head_neck_ranges(widen: float = 10.0) -> dict:
 
 
 def _vx(dose, mask, gy):
-    return 100.0 * float((dose[mask] >= gy).mean())
+    return 100.0 * volume_at_dose(dose, mask, gy)
 
 
 def case_metrics(patient, plan) -> dict:
@@ -116,9 +116,9 @@ def measure(site: str, n: int = 8, seed: int = 0, progress: bool = True) -> list
     """Realism metrics of ``n`` planned 2D phantoms of ``site`` (patients ``case_seed(seed, i)``, default plans)."""
     from tqdm.auto import tqdm
 
-    from .anatomy import SITES, make_patient
+    from .anatomy import SITES
     from .datasets import case_seed
-    from .optimise import optimise_plan
+    from .optimise import make_plan
 
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; choose one of {SITES}")
@@ -126,8 +126,7 @@ def measure(site: str, n: int = 8, seed: int = 0, progress: bool = True) -> list
         raise ValueError(f"n must be a positive int, got {n!r}")
     rows = []
     for i in tqdm(range(n), desc=f"realism {site}", disable=not progress):
-        p = make_patient(site, case_seed(seed, i), dims=2)
-        rows.append(case_metrics(p, optimise_plan(p)))
+        rows.append(case_metrics(*make_plan(site, case_seed(seed, i), dims=2)))
     return rows
 
 
