@@ -62,6 +62,7 @@ __all__ = ["CHAPTERS", "SCHEMA", "chapter_module", "parse_seeds", "results_root"
 #: Chapters that can be studied: short name -> module.
 CHAPTERS = {
     "sharp": "rtlearn.experiments.sharp",
+    "sharp_openkbp": "rtlearn.experiments.sharp_openkbp",
     "dvh_loss": "rtlearn.experiments.dvh_loss",
     "dvh_conditioned": "rtlearn.experiments.dvh_conditioned",
     "region": "rtlearn.experiments.region",

@@ -111,7 +111,8 @@ class Trainer:
         ``"plateau"``: :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau`
         on the validation (else training) loss with ``plateau_factor`` and
         ``plateau_patience`` (Bai et al. 2021: x0.1 after 5 epochs without
-        improvement). A callable ``f(optimizer)`` returns any scheduler;
+        improvement), never below ``plateau_min_lr`` (Bai et al.: 1e-7). A
+        callable ``f(optimizer)`` returns any scheduler;
         ``scheduler_interval`` says whether it steps every ``"epoch"`` or every
         optimisation ``"step"``.
     early_stopping : int, optional
@@ -136,7 +137,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, loss_fn: Callable, *, optimizer=None, lr: float = 1e-3,
                  weight_decay: float = 0.0, scheduler="plateau", plateau_factor: float = 0.1,
-                 plateau_patience: int = 5, scheduler_interval: str = "epoch", early_stopping: int | None = None,
+                 plateau_patience: int = 5, plateau_min_lr: float = 0.0, scheduler_interval: str = "epoch",
+                 early_stopping: int | None = None,
                  checkpoint=None, resume: bool = True, frozen: Sequence[nn.Module] = (), metrics=None,
                  input_keys: Sequence[str] = ("input",), forward: Callable | None = None, device=None,
                  amp: bool | None = None, channels_last: bool | None = None, grad_clip: float | None = None,
@@ -145,6 +147,9 @@ class Trainer:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if isinstance(plateau_min_lr, bool) or not isinstance(plateau_min_lr, (int, float)) or \
+                not (math.isfinite(plateau_min_lr) and plateau_min_lr >= 0):
+            raise ValueError(f"plateau_min_lr must be a finite learning rate >= 0, got {plateau_min_lr!r}")
         if early_stopping is not None and early_stopping < 1:
             raise ValueError("early_stopping must be a positive number of epochs or None")
         self.device = torch.device(device) if device is not None else get_device()
@@ -175,7 +180,7 @@ class Trainer:
         self.scheduler_interval = scheduler_interval
         if scheduler == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode="min", factor=plateau_factor, patience=plateau_patience)
+                self.optimizer, mode="min", factor=plateau_factor, patience=plateau_patience, min_lr=plateau_min_lr)
         elif scheduler is None:
             self.scheduler = None
         elif callable(scheduler):

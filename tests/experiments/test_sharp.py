@@ -48,10 +48,12 @@ def test_config_rejects_bad_values(kw):
 def test_profiles(monkeypatch):
     q = sharp.default_config("quick")   # today's quick sizes
     assert (q.dims, q.n_train, q.n_val, q.n_test, q.epochs, q.gammas) == (2, 32, 8, 10, 30, (25.0, 100.0, 500.0))
-    assert (q.depth, q.width, q.batch_size, q.lr, q.early_stopping, q.data_seed) == (4, 16, 2, 1e-3, None, 0)
+    assert (q.depth, q.width, q.batch_size, q.lr, q.early_stopping, q.data_seed) == (4, 16, 4, 1e-3, 10, 0)
     s = sharp.default_config("study")
     assert s.dims == 2 and s.early_stopping is not None and s.epochs > q.epochs
-    assert {50.0, 100.0} <= set(s.gammas) <= set(sharp.PAPER_GAMMAS)
+    assert s.gammas == sharp.PAPER_GAMMAS            # the paper's whole sweep
+    for c in (q, s):                                 # the paper's schedule: x0.1 after 5 epochs, down to 1e-7
+        assert (c.plateau_factor, c.plateau_patience, c.plateau_min_lr) == (0.1, 5, 1e-7)
     assert s.n_train > q.n_train and s.n_test >= 20 and (s.depth, s.width) == (q.depth, q.width)
     f = sharp.default_config("full")
     assert f.dims == 3 and f.n_train + f.n_val == 100 and f.n_test == 10 and f.gammas == sharp.PAPER_GAMMAS
@@ -64,8 +66,8 @@ def test_profiles(monkeypatch):
         sharp.default_config("huge")
     with pytest.raises(ValueError, match="unknown Config field"):
         sharp.default_config(train_seed=1)
-    with pytest.raises(ValueError, match="no study profile"):
-        sharp.default_config("study", source="openkbp")
+    o = sharp.default_config("study", source="openkbp")
+    assert (o.dims, o.downsample, o.gammas) == (2, 2, sharp.PAPER_GAMMAS) and o.n_train == 200 and o.n_test == 100
 
 
 def test_arms_are_the_papers_losses():
@@ -109,11 +111,24 @@ def test_paper_constants_and_claims():
     assert set(sharp.PAPER_TABLE2) == set(sharp.PAPER_TABLE3) == set(sharp.ROI_LABELS.values())
     assert sharp.PAPER_TABLE2["Contralateral lung"][0] == sharp.PAPER_TABLE3["Contralateral lung"][0]
     # the claims: gamma = 100 below the MSE inside the body and in each ROI, with the paper's differences
-    assert [c.metric for c in sharp.CLAIMS] == ["MAD inside the body"] + [f"MAD {r}" for r in sharp.PAPER_TABLE3]
-    assert all((c.a, c.b, c.direction) == ("MSE", "SL γ=100", "lower") for c in sharp.CLAIMS)
+    first = sharp.CLAIMS[:6]
+    assert [c.metric for c in first] == ["MAD inside the body"] + [f"MAD {r}" for r in sharp.PAPER_TABLE3]
+    assert all((c.a, c.b, c.direction) == ("MSE", "SL γ=100", "lower") for c in first)
     assert sharp.CLAIMS[0].paper == pytest.approx(154.15 - 186.55)
     assert sharp.CLAIMS[1].paper == pytest.approx(144.15 - 318.87)
-    assert all(c.paper < 0 for c in sharp.CLAIMS)
+    # gamma = 100 best: its error SD inside the body below every other gamma's (Table 1, last row)
+    best = sharp.CLAIMS[6:11]
+    assert [c.a for c in best] == [sharp.arm_label(g) for g in (1, 25, 50, 250, 500)]
+    assert all((c.metric, c.b, c.direction) == ("error SD inside the body", "SL γ=100", "lower") for c in best)
+    assert best[0].paper == pytest.approx(228.79 - 254.86) and best[-1].paper == pytest.approx(228.79 - 555.69)
+    # large gamma worse: 250 and 500 above 100 inside the body
+    large = sharp.CLAIMS[11:]
+    assert [(c.a, c.b, c.direction) for c in large] == [("SL γ=100", "SL γ=250", "higher"),
+                                                         ("SL γ=100", "SL γ=500", "higher")]
+    assert large[1].paper == pytest.approx(426.26 - 154.15)
+    # in the paper's own numbers every difference has the claimed sign
+    assert all((c.paper < 0) == (c.direction == "lower") for c in sharp.CLAIMS)
+    assert sorted(i for g in sharp.CLAIM_GROUPS.values() for i in g) == [0, 1] + list(range(6, 13))
 
 
 # ---- per-case metrics and tables against independent computations on hand-made predictions ------------------
@@ -210,7 +225,7 @@ def test_tables_2_3_and_selection():
     t2 = sharp.table2(st)
     assert list(t2) == list(sharp.ROI_LABELS.values())
     assert t2["PTV"]["MSE"][0] == pytest.approx(np.mean(direct))
-    rows = {r["metric"]: r for r in judge(st, sharp.CLAIMS)}
+    rows = {r["metric"]: r for r in judge(st, sharp.claims_for(st))}
     heart = [st.metric("MAD Heart", a)[0] for a in ("MSE", "SL γ=100")]
     assert rows["MAD Heart"]["p"] == pytest.approx(scipy.stats.wilcoxon(heart[1] - heart[0]).pvalue)
     assert rows["MAD Spinal cord"]["n_cases"] == 5
@@ -332,13 +347,16 @@ def test_3d_path_smoke(tmp_path):
 
 # ---- OpenKBP (head and neck) --------------------------------------------------------------------------------
 def test_openkbp_config_rules():
-    with pytest.raises(ValueError, match="dims=3"):
-        sharp.Config(source="openkbp", dims=2)
+    with pytest.raises(ValueError, match="slice_step"):
+        sharp.Config(source="phantom", slice_step=2)
+    with pytest.raises(ValueError, match="plateau_min_lr"):
+        sharp.Config(plateau_min_lr=1e-2)
     with pytest.raises(ValueError, match="source"):
         sharp.Config(source="prostate")
     with pytest.raises(ValueError, match="downsample"):
         sharp.Config(dims=3, source="openkbp", downsample=3)
-    assert sharp.default_config("quick", source="openkbp").dims == 3
+    assert sharp.default_config("quick", source="openkbp").dims == 2
+    assert sharp.default_config("full", source="openkbp").dims == 3
     assert sharp.default_config("full", source="openkbp").gammas == sharp.PAPER_GAMMAS
     # targets above organs at risk above the rest of the body above outside
     v = sharp.OPENKBP_ROI_VALUES
@@ -365,16 +383,16 @@ def test_openkbp_end_to_end(shared_data):
     data = sharp.load_data(cfg, progress=False)
     assert isinstance(data, sharp.OpenKBPSharpData)
     assert data.patients(data.train) == ["pt_1", "pt_2"] and data.patients(data.val) == ["pt_201", "pt_202"]
-    assert data.patients(data.test) == ["pt_241", "pt_242", "pt_243"]
+    assert data.patients(data.test) == ["pt_242", "pt_243", "pt_245"]   # pt_241 and pt_244 have no CT here
     rec = sharp.run(cfg, 0, data=data, progress=False)
     validate_record(rec)
     live = rec["live"]
-    assert rec["cases"] == ["pt_241", "pt_242", "pt_243"]
+    assert rec["cases"] == ["pt_242", "pt_243", "pt_245"]
     assert live["predictions"]["SL γ=100"].shape == live["reference"].shape == (3, 32, 32, 32)
     assert tuple(live["roi_names"]) == ROI_NAMES and live["rx_gy"] == 70.0
 
     # reference dose, body and input against the raw archive of the first test patient
-    raw = load_patient("pt_241", "test", root)
+    raw = load_patient("pt_242", "test", root)
     dose = to_zyx(raw["dose_cgy"]).astype(np.float64) / 100.0
     np.testing.assert_allclose(live["reference"][0], _block_mean(dose, 4), rtol=1e-5, atol=1e-4)
     pdm = to_zyx(raw["possible_dose_mask"])
