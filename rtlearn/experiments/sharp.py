@@ -114,8 +114,8 @@ OPENKBP_BODY_VALUE = 0.1
 #: The highest OpenKBP prescription (PTV70), in Gy; used as the Rx of HI/CI-type metrics.
 OPENKBP_RX_GY = 70.0
 #: OpenKBP ``study`` profile: every k-th axial slice of each training / validation patient, and the most epochs.
-OPENKBP_STUDY_SLICE_STEP = 32
-OPENKBP_STUDY_EPOCHS = 15
+OPENKBP_STUDY_SLICE_STEP = 16
+OPENKBP_STUDY_EPOCHS = 16
 
 # ---- the paper's numbers (Bai et al. 2021), quoted for comparison ------------------------------------------
 #: Discussion of Bai et al. 2021: % of test voxels outside the body; % of body voxels below 500 cGy.
@@ -329,7 +329,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
       64 x 64 (7.8 mm pixels at the typical 3.9 mm), every
       :data:`OPENKBP_STUDY_SLICE_STEP`-th slice that meets the possible-dose
       mask for training and validation, batch 8, the MSE and all six gammas,
-      at most :data:`OPENKBP_STUDY_EPOCHS` epochs (early stopping 8, the paper's
+      at most :data:`OPENKBP_STUDY_EPOCHS` epochs (early stopping 6, the paper's
       learning-rate schedule). Each test patient is predicted slice by slice,
       brought back to 128³ and scored there with the challenge's dose and DVH
       scores. Recorded as the chapter ``sharp_openkbp``
@@ -356,7 +356,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
                        epochs=4, depth=3, width=8, batch_size=8)
         study = Config(dims=2, source="openkbp", n_train=200, n_val=40, n_test=100, downsample=2,
                        slice_step=OPENKBP_STUDY_SLICE_STEP, gammas=PAPER_GAMMAS, epochs=OPENKBP_STUDY_EPOCHS,
-                       early_stopping=8, batch_size=8)
+                       early_stopping=6, batch_size=8)
         full = Config(dims=3, source="openkbp", n_train=200, n_val=40, n_test=100, gammas=PAPER_GAMMAS,
                       epochs=40, depth=5, width=32)
     else:
