@@ -87,7 +87,9 @@ __all__ = [
     "Config", "default_config", "arm_label", "arms", "build_model", "SharpData", "load_data", "dose_imbalance",
     "predict", "case_metrics", "reference_extras", "run", "CLAIMS", "CLAIM_GROUPS", "OPENKBP_CLAIMS", "claims_for",
     "claim_verdicts", "TINY",
-    "table1", "table2", "table4", "validation_mad", "select_best", "openkbp_scores", "tables",
+    "table1", "table2", "table4", "validation_mad", "validation_sd", "validation_roi_mad", "select_by_mad",
+    "roi_wins", "select_like_paper", "paper_selection", "selection", "select_best", "epochs_trained",
+    "openkbp_scores", "tables", "plot_mad_vs_gamma", "plot_weight_map",
     "plot_training_curves", "plot_roi_boxplots", "plot_sample",
     "SOURCES", "OPENKBP_ROI_VALUES", "OPENKBP_BODY_VALUE", "OPENKBP_RX_GY", "OpenKBPRoiMapDataset", "OpenKBPSharpData",
     "load_openkbp",
@@ -115,7 +117,7 @@ OPENKBP_BODY_VALUE = 0.1
 OPENKBP_RX_GY = 70.0
 #: OpenKBP ``study`` profile: every k-th axial slice of each training / validation patient, and the most epochs.
 OPENKBP_STUDY_SLICE_STEP = 16
-OPENKBP_STUDY_EPOCHS = 16
+OPENKBP_STUDY_EPOCHS = 30
 
 # ---- the paper's numbers (Bai et al. 2021), quoted for comparison ------------------------------------------
 #: Discussion of Bai et al. 2021: % of test voxels outside the body; % of body voxels below 500 cGy.
@@ -356,13 +358,13 @@ def default_config(profile: str | None = None, **overrides) -> Config:
                        epochs=4, depth=3, width=8, batch_size=8)
         study = Config(dims=2, source="openkbp", n_train=200, n_val=40, n_test=100, downsample=2,
                        slice_step=OPENKBP_STUDY_SLICE_STEP, gammas=PAPER_GAMMAS, epochs=OPENKBP_STUDY_EPOCHS,
-                       early_stopping=6, batch_size=8)
+                       early_stopping=8, batch_size=8, width=8)
         full = Config(dims=3, source="openkbp", n_train=200, n_val=40, n_test=100, gammas=PAPER_GAMMAS,
                       epochs=40, depth=5, width=32)
     else:
         quick = Config(n_train=32, n_val=8, n_test=10, epochs=30, early_stopping=10, batch_size=4, n_jobs=2)
-        study = Config(n_train=64, n_val=16, n_test=30, gammas=PAPER_GAMMAS, epochs=40, early_stopping=10,
-                       batch_size=4, n_jobs=2)
+        study = Config(n_train=64, n_val=16, n_test=30, gammas=PAPER_GAMMAS, epochs=100, early_stopping=10,
+                       batch_size=4, width=8, n_jobs=2)
         full = Config(dims=3, n_train=90, n_val=10, n_test=10, gammas=PAPER_GAMMAS, epochs=60, early_stopping=15,
                       depth=5, width=32, n_jobs=8)
     base = pick(quick=quick, full=full, study=study, profile_name=profile)
@@ -1151,13 +1153,107 @@ def validation_mad(study) -> dict:
             for arm in study.arms}
 
 
-def select_best(study) -> str:
-    """The sharp-loss arm with the lowest validation MAD inside the body (mean over seeds); never the test set."""
-    sharp = [arm for arm in study.arms if arm != MSE_ARM]
+def validation_sd(study) -> dict:
+    """``{arm: array over seeds}``: SD of the signed validation error inside the body (cGy) of the kept weights."""
+    return {arm: np.array([study.extras(s)["val_sd_body_cgy"][arm] for s in study.seeds], dtype=float)
+            for arm in study.arms}
+
+
+def validation_roi_mad(study) -> dict:
+    """``{ROI: {arm: array over seeds}}``: validation MAD per structure (cGy) of the kept weights."""
+    first = study.extras(study.seeds[0])["val_mad_roi_cgy"]
+    rois = list(next(iter(first.values())))
+    return {r: {arm: np.array([study.extras(s)["val_mad_roi_cgy"][arm].get(r, np.nan) for s in study.seeds],
+                              dtype=float) for arm in study.arms} for r in rois}
+
+
+def select_by_mad(mad_inside) -> str:
+    """The arm with the lowest MAD inside the body: ``mad_inside`` is ``{arm: value}`` (MSE excluded).
+
+    Applied to the paper's own Table 1 (:func:`paper_selection`) this picks γ = 50 (148.67 cGy), not the
+    paper's γ = 100 (154.15 cGy, 4th of the six gammas).
+    """
+    sharp = {a: float(v) for a, v in mad_inside.items() if a != MSE_ARM}
     if not sharp:
+        raise ValueError("no sharp-loss arm to choose from")
+    if not all(np.isfinite(v) for v in sharp.values()):
+        raise ValueError(f"the MADs must be finite, got {sharp}")
+    return min(sharp, key=sharp.get)
+
+
+def roi_wins(roi_mad) -> dict:
+    """``{arm: number of structures where the arm has the lowest MAD}`` from ``{ROI: {arm: MAD}}`` (MSE excluded)."""
+    wins = {}
+    for row in roi_mad.values():
+        sharp = {a: float(v) for a, v in row.items() if a != MSE_ARM and np.isfinite(v)}
+        for a in sharp:
+            wins.setdefault(a, 0)
+        if sharp:
+            best = min(sharp, key=sharp.get)
+            wins[best] += 1
+    return wins
+
+
+def select_like_paper(sd_inside, roi_mad) -> str:
+    """The arm chosen as Bai et al. chose γ: the lowest SD of the error inside the body, then the per-ROI table.
+
+    The paper argues for γ = 100 from the standard deviation of the prediction error inside the body (the last
+    row of its Table 1: every part of the body matters equally) and then from its Table 2 (γ = 100 has the
+    lowest MAD in most structures). Here the SD decides; the number of structures where an arm has the lowest
+    MAD (:func:`roi_wins`) breaks ties. ``sd_inside`` is ``{arm: SD}``, ``roi_mad`` ``{ROI: {arm: MAD}}``; the
+    MSE arm is never chosen. On the paper's own Tables 1 and 2 this gives γ = 100 (:func:`paper_selection`).
+    """
+    sharp = {a: float(v) for a, v in sd_inside.items() if a != MSE_ARM}
+    if not sharp:
+        raise ValueError("no sharp-loss arm to choose from")
+    if not all(np.isfinite(v) for v in sharp.values()):
+        raise ValueError(f"the error SDs must be finite, got {sharp}")
+    wins = roi_wins(roi_mad)
+    return min(sharp, key=lambda a: (round(sharp[a], 9), -wins.get(a, 0)))
+
+
+def paper_selection() -> dict:
+    """Both selection rules applied to the paper's own numbers (Tables 1 and 2 of Bai et al. 2021).
+
+    Returns ``{"by MAD": arm, "like the paper": arm, "roi wins": {arm: n}}``: the lowest MAD inside the body
+    picks γ = 50, the paper's procedure (:func:`select_like_paper`) γ = 100.
+    """
+    names = [MSE_ARM] + [arm_label(g) for g in PAPER_GAMMAS]
+    mad = dict(zip(names, PAPER_TABLE1["Inside the body"]))
+    sd = dict(zip(names, PAPER_TABLE1["Std"]))
+    roi = {r: dict(zip(names, v)) for r, v in PAPER_TABLE2.items()}
+    return {"by MAD": select_by_mad(mad), "like the paper": select_like_paper(sd, roi), "roi wins": roi_wins(roi)}
+
+
+def selection(study) -> dict:
+    """Both selection rules on the *validation* patients of a study (values averaged over seeds).
+
+    Returns ``{"by MAD": arm, "like the paper": arm, "roi wins": {arm: n}, "per seed": {"by MAD": [...],
+    "like the paper": [...]}}``. Never uses the test patients. The chapter's verdicts do not depend on it:
+    they test γ = 100, the paper's choice; the chosen arm only adds a column to Table 4.
+    """
+    mad, sd, roi = validation_mad(study), validation_sd(study), validation_roi_mad(study)
+    mean = lambda d: {a: float(np.mean(v)) for a, v in d.items()}  # noqa: E731
+    roi_mean = {r: mean(v) for r, v in roi.items()}
+    per_seed = {"by MAD": [], "like the paper": []}
+    for k in range(len(study.seeds)):
+        pick = lambda d, k=k: {a: float(v[k]) for a, v in d.items()}  # noqa: E731
+        per_seed["by MAD"].append(select_by_mad(pick(mad)))
+        per_seed["like the paper"].append(select_like_paper(pick(sd), {r: pick(v) for r, v in roi.items()}))
+    return {"by MAD": select_by_mad(mean(mad)), "like the paper": select_like_paper(mean(sd), roi_mean),
+            "roi wins": roi_wins(roi_mean), "per seed": per_seed}
+
+
+def select_best(study) -> str:
+    """The sharp-loss arm chosen on the validation patients by the paper's procedure (:func:`selection`)."""
+    if not [arm for arm in study.arms if arm != MSE_ARM]:
         raise ValueError("no sharp-loss arm in the study")
-    val = validation_mad(study)
-    return min(sharp, key=lambda arm: float(np.mean(val[arm])))
+    return selection(study)["like the paper"]
+
+
+def epochs_trained(study) -> dict:
+    """``{arm: array over seeds}``: the epochs each arm trained before early stopping (or the limit)."""
+    return {arm: np.array([len(h) for h in study.histories(arm)], dtype=float) for arm in study.arms}
 
 
 def openkbp_scores(study) -> dict:
@@ -1276,49 +1372,158 @@ def tables(study) -> dict:
         out["OpenKBP scores"] = Markdown("**OpenKBP challenge scores** (Gy, lower is better)\n\n" + markdown_table(
             ["arm", "dose score", "DVH score"], [[a, _cell(sc[a]["dose_score"]), _cell(sc[a]["dvh_score"])]
                                                 for a in arm_names]))
-    val = validation_mad(study)
-    sharp = [a for a in arm_names if a != MSE_ARM]
-    chosen = [min(sharp, key=lambda a, k=k: val[a][k]) for k in range(len(study.seeds))]
-    rows_s = [[a, _cell(val[a]), _cell(t1["rows"]["Inside the body"][a]),
-               f"{chosen.count(a)} of {len(chosen)}" if a != MSE_ARM else "–"] for a in arm_names]
-    out["Selection"] = Markdown(f"**γ chosen on the validation patients**: {best}\n\n" + markdown_table(
-        ["arm", "validation MAD inside the body (cGy)", "test MAD inside the body (cGy)", "chosen in seeds"],
-        rows_s))
+    val, vsd, sel, ep = validation_mad(study), validation_sd(study), selection(study), epochs_trained(study)
+    n = len(study.seeds)
+    rows_s = [[a, _cell(val[a]), _cell(vsd[a]), sel["roi wins"].get(a, "–") if a != MSE_ARM else "–",
+               _cell(t1["rows"]["Inside the body"][a]), int(ep[a][0]) if len(ep[a]) == 1 else _cell(ep[a]),
+               f"{sel['per seed']['like the paper'].count(a)} / {sel['per seed']['by MAD'].count(a)} of {n}"
+               if a != MSE_ARM else "–"] for a in arm_names]
+    out["Selection"] = Markdown(
+        f"**γ chosen on the validation patients**: {sel['like the paper']} by the paper's procedure (lowest "
+        f"error SD inside the body, then the structures won); {sel['by MAD']} by the lowest MAD inside the "
+        f"body.\n\n" + markdown_table(
+            ["arm", "validation MAD inside the body (cGy)", "validation error SD inside the body (cGy)",
+             "structures with the lowest validation MAD", "test MAD inside the body (cGy)", "epochs trained",
+             "chosen in seeds (paper's rule / MAD)"], rows_s))
     return out
 
 
 # ---- figures -----------------------------------------------------------------------------------------------------
+def _band(ax, x, runs, color, label, ls="-"):
+    """Mean over seeds of per-epoch values (runs may differ in length) with a min-max band."""
+    n = max(len(r) for r in runs)
+    v = np.full((len(runs), n), np.nan)
+    for k, r in enumerate(runs):
+        v[k, :len(r)] = r
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, lo, hi = np.nanmean(v, 0), np.nanmin(v, 0), np.nanmax(v, 0)
+    ax.plot(x[:n], mean, color=color, ls=ls, label=label)
+    if len(runs) > 1:
+        ax.fill_between(x[:n], lo, hi, color=color, alpha=0.18, lw=0)
+
+
 def plot_training_curves(study, seed=None, axes=None):
     """Training and validation loss per arm (their Fig. 1), plus the validation MAD inside the body.
 
-    Loss values of different losses are not on the same scale (the sharp loss
-    down-weights voxels), so the third panel shows a common yardstick. ``seed``:
-    which recorded seed to draw (default: the first).
+    With several seeds each line is the mean over the seeds that reached the epoch (early stopping ends seeds
+    at different epochs) and the band their range; ``seed`` draws one recorded seed only. Loss values of
+    different losses are not on the same scale (the sharp loss down-weights voxels), so the third panel shows
+    a common yardstick.
     """
     import matplotlib.pyplot as plt
 
     seeds = study.seeds
-    k = 0 if seed is None else seeds.index(seed) if seed in seeds else None
-    if k is None:
+    if seed is not None and seed not in seeds:
         raise ValueError(f"seed {seed!r} is not in the study (seeds {seeds})")
+    pick = range(len(seeds)) if seed is None else [seeds.index(seed)]
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
-    for arm in study.arms:
-        recs = study.histories(arm)[k]
-        ep = [r["epoch"] for r in recs]
-        get = lambda key: [np.nan if r.get(key) is None else r[key] for r in recs]  # noqa: E731
-        line, = axes[0].plot(ep, get("train_loss"), label=arm)
-        axes[1].plot(ep, get("val_loss"), color=line.get_color(), label=arm)
-        axes[2].plot(ep, get("val_mad_body_cgy"), color=line.get_color(), label=arm)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, arm in enumerate(study.arms):
+        recs = [study.histories(arm)[k] for k in pick]
+        get = lambda key: [[np.nan if r.get(key) is None else r[key] for r in rs] for rs in recs]  # noqa: E731
+        x = np.arange(1, max(len(r) for r in recs) + 1)
+        c = colors[j % len(colors)]
+        for ax, key in zip(axes, ("train_loss", "val_loss", "val_mad_body_cgy")):
+            _band(ax, x, get(key), c, arm)
+    n = len(pick)
     for ax, t in zip(axes, ("training loss", "validation loss", "validation MAD inside the body")):
         ax.set_xlabel("epoch")
-        ax.set_title(t)
+        ax.set_title(t + (f" ({n} seeds: mean, range)" if n > 1 else ""), fontsize=9)
     axes[0].set_ylabel("loss (normalised dose²)")
     axes[1].set_ylabel("loss (normalised dose²)")
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
     axes[2].set_ylabel("MAD (cGy)")
-    axes[2].legend(fontsize=8)
+    axes[2].legend(fontsize=7)
+    return axes
+
+
+def plot_mad_vs_gamma(study, axes=None, paper: bool = True):
+    """MAD (cGy) against γ inside the body, in the PTV and in each organ: mean over seeds with their range.
+
+    Each panel draws the sharp-loss arms at their γ (log axis) and the MSE as a horizontal line; with several
+    seeds a band shows the range over seeds (Table 1's pooled MAD inside the body; Table 2's mean over test
+    cases per structure). ``paper=True`` adds Bai et al.'s values (their clinical patients, Tables 1 and 2)
+    in grey for breast studies.
+    """
+    import matplotlib.pyplot as plt
+
+    sharp = [a for a in study.arms if a != MSE_ARM]
+    if not sharp:
+        raise ValueError("no sharp-loss arm in the study")
+    gam = np.array([float(a.split("=")[1]) for a in sharp])
+    order = np.argsort(gam)
+    gam, sharp = gam[order], [sharp[k] for k in order]
+    t1, t2 = table1(study), table2(study)
+    regions = {"Inside the body": t1["rows"]["Inside the body"], **t2}
+    if axes is None:
+        ncol = min(3, len(regions))
+        nrow = -(-len(regions) // ncol)
+        _, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), layout="constrained", squeeze=False)
+    axes = np.asarray(axes).ravel()
+    src = _source(study)
+    xs = np.where(gam > 0, gam, np.nan)
+    for ax, (name, per_arm) in zip(axes, regions.items()):
+        v = np.array([per_arm[a] for a in sharp])            # (arms, seeds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            m = np.nanmean(v, 1)
+        ax.plot(xs, m, "o-", color="tab:red", label="sharp loss (ours)")
+        if v.shape[1] > 1:
+            ax.fill_between(xs, np.nanmin(v, 1), np.nanmax(v, 1), color="tab:red", alpha=0.2, lw=0)
+        if MSE_ARM in per_arm:
+            mse = np.asarray(per_arm[MSE_ARM], float)
+            ax.axhline(float(np.nanmean(mse)), color="k", ls="--", lw=1, label="MSE (ours)")
+            if mse.size > 1:
+                ax.axhspan(float(np.nanmin(mse)), float(np.nanmax(mse)), color="k", alpha=0.08, lw=0)
+        if paper and src == "phantom":
+            ref = PAPER_TABLE1.get(name) if name == "Inside the body" else PAPER_TABLE2.get(name)
+            if ref is not None:
+                ax.plot(PAPER_GAMMAS, ref[1:], "s:", color="0.55", ms=4, label="sharp loss (Bai et al.)")
+                ax.axhline(ref[0], color="0.55", ls=":", lw=1, label="MSE (Bai et al.)")
+        ax.set_xscale("log")
+        ax.set_xlabel("γ")
+        ax.set_ylabel("MAD (cGy)")
+        ax.set_title(name, fontsize=10)
+    for ax in axes[len(regions):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    return axes
+
+
+def plot_weight_map(dose_gy, body, spacing, gammas=(25.0, 100.0, 500.0), masks=None, axes=None):
+    """One patient's true dose and the sharp-loss weight :math:`w_\\gamma(D)` of every voxel (Eq. 4) for each γ.
+
+    ``dose_gy`` and ``body`` are one 2D slice (Gy, bool), ``spacing`` its pixel size (mm). The weight is
+    :func:`rtlearn.losses.sharp.sharp_weight` of the dose divided by 60 Gy; the body outline is drawn on every
+    panel, in the image's own coordinates (mm).
+    """
+    import matplotlib.pyplot as plt
+
+    from ..losses.sharp import sharp_weight
+
+    d = check_dose(dose_gy)
+    b = check_mask(body, d.shape, name="body")
+    if d.ndim != 2:
+        raise ValueError(f"plot_weight_map draws one 2D slice, got shape {d.shape}")
+    if axes is None:
+        _, axes = plt.subplots(1, 1 + len(gammas), figsize=(3.6 * (1 + len(gammas)), 3.4), layout="constrained")
+    dy, dx = (float(s) for s in spacing)
+    plotting.dose_slice(axes[0], d, {"body": b, **(masks or {})}, spacing=(dy, dx), title="true dose",
+                        legend=False)
+    extent = (0, d.shape[1] * dx, d.shape[0] * dy, 0)
+    yy, xx = (np.arange(d.shape[0]) + 0.5) * dy, (np.arange(d.shape[1]) + 0.5) * dx
+    for ax, g in zip(axes[1:], gammas):
+        w = sharp_weight(d / NORM_GY, float(g))
+        im = ax.imshow(w, cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest")
+        ax.contour(xx, yy, b.astype(float), levels=[0.5], colors="c", linewidths=0.8)
+        frac = float(np.mean(w[b] >= 0.99)) * 100
+        ax.set_title(f"γ = {g:g}: weight ≥ 0.99 in {frac:.0f} % of the body", fontsize=9)
+        ax.set_xlabel("x (mm)")
+        ax.set_ylabel("y (mm)")
+        ax.figure.colorbar(im, ax=ax, shrink=0.8, label="weight $w_\\gamma$")
     return axes
 
 
