@@ -3,6 +3,12 @@
 Every public function validates its inputs with these helpers so that bad input
 gives a ``ValueError``/``TypeError`` saying what was wrong and what was
 expected, never a silent wrong number.
+
+Negative doses: a reference dose (planned or true) must be finite and
+non-negative, a predicted dose only finite (:func:`check_dose` with
+``allow_negative=True``); the torch losses apply the same rule
+(:func:`rtlearn.losses._checks.check_reference_dose`). A bool is never accepted
+as a number (``rx=True`` is an error, not 1 Gy).
 """
 from __future__ import annotations
 
@@ -22,7 +28,10 @@ def is_torch(x) -> bool:
 def as_numpy(x, name: str = "array") -> np.ndarray:
     """Convert a NumPy array, torch tensor or sequence to a NumPy array."""
     if is_torch(x):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: widen (exactly) to float32
+            x = x.float()
+        return x.numpy()
     if isinstance(x, np.ndarray):
         return x
     try:
@@ -74,9 +83,14 @@ def check_spacing(spacing, ndim: int, name: str = "spacing") -> np.ndarray:
     """Return voxel spacing (mm) as a float array of length ``ndim``; all entries > 0."""
     if spacing is None:
         raise ValueError(f"{name} (voxel size in mm, one value per axis) is required")
+    if isinstance(spacing, (bool, np.bool_)):
+        raise ValueError(f"{name} must be positive and finite (mm), got {spacing!r}")
     if isinstance(spacing, numbers.Real):
         spacing = [float(spacing)] * ndim
-    arr = np.asarray(as_numpy(spacing, name), dtype=np.float64).ravel()
+    raw = as_numpy(spacing, name)
+    if raw.dtype == bool or not np.issubdtype(raw.dtype, np.number):
+        raise ValueError(f"{name} must be positive and finite numbers (mm), got {spacing!r}")
+    arr = np.asarray(raw, dtype=np.float64).ravel()
     if arr.size != ndim:
         raise ValueError(f"{name} must have {ndim} values (one per axis), got {arr.size}")
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
@@ -85,9 +99,19 @@ def check_spacing(spacing, ndim: int, name: str = "spacing") -> np.ndarray:
 
 
 def check_positive(value, name: str) -> float:
-    """Return ``value`` as a float, requiring it to be finite and > 0."""
-    if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+    """Return ``value`` as a float, requiring a finite real number > 0 (not a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_real(value, name: str, low: float = -np.inf, high: float = np.inf) -> float:
+    """Return ``value`` as a float, requiring a finite real number (not a bool) in ``[low, high]``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or not low <= value <= high:
+        rng = "" if (low, high) == (-np.inf, np.inf) else f" in [{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be a finite number{rng}, got {value!r}")
     return float(value)
 
 

@@ -24,13 +24,15 @@ Clinical metrics are points of this curve:
 
 All functions accept NumPy arrays or torch tensors (converted to NumPy: the
 exact DVH is not differentiable; see :mod:`rtlearn.losses` for the sigmoid
-relaxation) and validate their inputs.
+relaxation) and validate their inputs: doses must be finite and non-negative
+(a negative dose raises ``ValueError``, as it does in the torch losses'
+reference doses), and a bool is never taken for a number.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_numpy, check_dose, check_mask, check_positive, check_spacing
+from ._validate import as_numpy, check_dose, check_mask, check_positive, check_real, check_spacing
 
 __all__ = [
     "cumulative_dvh",
@@ -88,7 +90,7 @@ def cumulative_dvh(dose, mask, bins=None, max_dose=None):
         n = int(min(2001, max(2, np.floor(top / 0.1) + 2)))
         axis = np.linspace(0.0, max(top, 1e-12), n)
     elif np.isscalar(bins):
-        if int(bins) < 2:
+        if isinstance(bins, (bool, np.bool_)) or int(bins) < 2:
             raise ValueError(f"bins must be >= 2 points, got {bins}")
         axis = np.linspace(0.0, max(top, 1e-12), int(bins))
     else:
@@ -124,8 +126,7 @@ def dose_at_volume(dose, mask, percent) -> float:
     >>> dose_at_volume(np.arange(101.), np.ones(101, bool), 95)
     5.0
     """
-    if not np.isscalar(percent) or not 0 <= percent <= 100:
-        raise ValueError(f"percent must be a number in [0, 100], got {percent!r}")
+    percent = check_real(percent, "percent", 0.0, 100.0)
     return float(np.percentile(_structure_doses(dose, mask), 100.0 - percent))
 
 
@@ -174,8 +175,7 @@ def volume_at_dose(dose, mask, threshold) -> float:
 
     Multiply by 100 for the percentage usually quoted (V20 = 30 % ...).
     """
-    if not np.isscalar(threshold) or not np.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite dose in Gy, got {threshold!r}")
+    threshold = check_real(threshold, "threshold (dose, Gy)")
     values = _structure_doses(dose, mask)
     return float(np.count_nonzero(values >= threshold) / values.size)
 

@@ -124,10 +124,22 @@ def normalise_to_mean(dose, mask, target: float = 1.0, *, dims: int | None = Non
     ``mask`` is ``(*spatial)`` (shared by all plans) or ``(B, *spatial)`` (one
     per plan: then pass ``dims``, the number of spatial axes, which otherwise
     defaults to ``mask.ndim``). Returns the type of ``dose`` (float64 for NumPy).
+    The mean is taken in float64 whatever the dose's dtype.
+
+    Raises ``TypeError`` for a boolean dose and ``ValueError`` for a dose that is
+    not finite or is negative, or a mask with values other than 0 and 1.
     """
     target = check_positive(target, "target")
-    d = _as_tensor(dose, "dose").double()
+    d = _as_tensor(dose, "dose")
+    if d.dtype == torch.bool:
+        raise TypeError("dose must be a numeric array of doses, got a boolean one")
+    d = d.double()
     m = _as_tensor(mask, "mask")
+    if m.dtype != torch.bool:
+        bad = ~((m == 0) | (m == 1))
+        if bool(bad.any()):
+            vals = torch.unique(m[bad])[:5].tolist()
+            raise ValueError(f"mask must be boolean (0/1); found values {vals}")
     if dims is None:
         dims = m.dim()
     if d.dim() not in (dims, dims + 1) or m.dim() not in (dims, dims + 1):

@@ -34,6 +34,11 @@ From a shell (one process per core runs two seeds at once)::
     python -m rtlearn.study region --profile study --seeds 0-4
     python -m rtlearn.study region --seeds 0,2,4 --threads 1 &
     python -m rtlearn.study region --seeds 1,3 --threads 1
+
+On several GPUs, one seed at a time with DistributedDataParallel (every process
+trains, rank 0 alone writes the results)::
+
+    torchrun --nproc_per_node=2 -m rtlearn.study sharp --profile full --seeds 0
 """
 from __future__ import annotations
 
@@ -62,6 +67,7 @@ __all__ = ["CHAPTERS", "SCHEMA", "chapter_module", "parse_seeds", "results_root"
 #: Chapters that can be studied: short name -> module.
 CHAPTERS = {
     "sharp": "rtlearn.experiments.sharp",
+    "sharp_openkbp": "rtlearn.experiments.sharp_openkbp",
     "dvh_loss": "rtlearn.experiments.dvh_loss",
     "dvh_conditioned": "rtlearn.experiments.dvh_conditioned",
     "region": "rtlearn.experiments.region",
@@ -244,10 +250,16 @@ def run_study(chapter: str, profile: str = "study", seeds="0-2", *, config=None,
     root : path, optional
         Results directory (:func:`results_root`).
     threads : int, optional
-        ``torch.set_num_threads`` for this process (one per process when two run side by side).
+        CPU threads for this process (one per process when two run side by side), kept by the trainer
+        (:func:`rtlearn.compute.pin_threads`); by default the trainer sizes them by the free cores.
+
+    Under ``torchrun`` every process runs the study (the trainer splits each
+    batch over the processes), rank 0 prepares the data first and alone writes
+    the seeds' files.
     """
-    import torch
     from tqdm.auto import tqdm
+
+    from . import compute
 
     if chapter not in CHAPTERS:
         raise ValueError(f"unknown chapter {chapter!r}; choose one of {sorted(CHAPTERS)}")
@@ -257,7 +269,7 @@ def run_study(chapter: str, profile: str = "study", seeds="0-2", *, config=None,
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
-        torch.set_num_threads(threads)
+        compute.pin_threads(threads)
     cfg = module.default_config(profile) if config is None else config
     cfg_json = config_to_json(cfg)
     root = results_root(root)
@@ -275,17 +287,25 @@ def run_study(chapter: str, profile: str = "study", seeds="0-2", *, config=None,
                                  f"{phantom_data_version()}); delete it (or the study folder) to re-run the study")
         else:
             todo.append((seed, path))
+    compute.init_distributed()
+    if todo and not compute.is_main():
+        compute.barrier()  # rank 0 makes (and caches) the data first
     data = module.load_data(cfg) if todo else None
-    for seed, path in tqdm(todo, desc=f"{chapter} ({profile}) seeds", disable=not progress or not todo):
+    if todo and compute.is_main():
+        compute.barrier()
+    for seed, path in tqdm(todo, desc=f"{chapter} ({profile}) seeds",
+                           disable=not progress or not todo or not compute.is_main()):
         t0 = time.perf_counter()
         record = validate_record(module.run(cfg, seed, data=data, progress=False))
         entry = {"schema": SCHEMA, "chapter": chapter, "profile": profile, "seed": seed, "config": cfg_json,
                  **{k: record[k] for k in ("cases", "metrics", "history", "seconds")},
                  "extras": record.get("extras", {}),
                  "provenance": {**provenance(), "wall_seconds": time.perf_counter() - t0}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps(_jsonable(entry), indent=1) + "\n")
+        if compute.is_main():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(json.dumps(_jsonable(entry), indent=1) + "\n")
+        compute.barrier()
     return paths
 
 

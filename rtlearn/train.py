@@ -4,7 +4,9 @@
 more: the device (cuda > mps > cpu), bf16 autocast and ``channels_last`` on
 CUDA, seeding, a ``tqdm.auto`` progress bar, a per-epoch history, atomic
 checkpoints with resume, ``ReduceLROnPlateau`` (or any scheduler), early
-stopping, extra conditioning inputs and frozen auxiliary networks.
+stopping, extra conditioning inputs and frozen auxiliary networks, the
+number of CPU threads (:mod:`rtlearn.compute`) and several processes under
+``torchrun``.
 
 Batches are dicts of tensors (what the rtlearn datasets return). By default
 the model is called as ``model(batch["input"])``; pass ``input_keys`` for
@@ -18,6 +20,27 @@ Frozen auxiliary networks (e.g. DOSELO's dose predictor) are passed as
 ``frozen=[net]``: they are moved to the device, put in eval mode and their
 parameters get ``requires_grad=False``, so gradients flow *through* them to
 the trained model but never update them.
+
+CPU threads: when training on the CPU starts, :func:`rtlearn.compute.apply_threads`
+sets torch's intra-op thread count to the cores that other programs leave
+free (one thread when one of two cores is busy), unless the count was fixed:
+the ``threads`` argument, ``RTLEARN_THREADS``, ``OMP_NUM_THREADS`` or a
+``torch.set_num_threads`` call (precedence in :mod:`rtlearn.compute`).
+
+Several GPUs (or CPU processes): started by ``torchrun --nproc_per_node=N``,
+every process runs the same script; the trainer joins the process group (NCCL
+on GPUs, gloo on the CPU) and wraps the model in
+:class:`~torch.nn.parallel.DistributedDataParallel`. ``batch_size`` stays the
+*global* batch: every process draws the same shuffled batches and trains on
+its ``1/N`` share of each, the share's loss weighted by its size, so the
+gradients are those of one process with the whole batch (exactly for losses
+that average over the samples of a batch; a last batch with fewer samples than
+processes is skipped). BatchNorm layers become
+:class:`~torch.nn.SyncBatchNorm` on GPUs (statistics over the whole batch); on
+the CPU, where torch has no SyncBatchNorm, each process normalises its share
+and the buffers of rank 0 are used for validation. Validation runs whole on
+every process, so the schedule and early stopping agree; only rank 0 shows
+progress and writes the checkpoint, and every process resumes from it.
 """
 from __future__ import annotations
 
@@ -31,6 +54,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from . import compute
 from .config import get_device, seed_everything
 from .io import torch_save
 
@@ -111,7 +135,8 @@ class Trainer:
         ``"plateau"``: :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau`
         on the validation (else training) loss with ``plateau_factor`` and
         ``plateau_patience`` (Bai et al. 2021: x0.1 after 5 epochs without
-        improvement). A callable ``f(optimizer)`` returns any scheduler;
+        improvement), never below ``plateau_min_lr`` (Bai et al.: 1e-7). A
+        callable ``f(optimizer)`` returns any scheduler;
         ``scheduler_interval`` says whether it steps every ``"epoch"`` or every
         optimisation ``"step"``.
     early_stopping : int, optional
@@ -132,23 +157,39 @@ class Trainer:
         ``seed + e``, so shuffling and dropout are reproducible and a resumed
         run continues exactly as an uninterrupted one (for data loaders that
         draw from torch's global generator, the default).
+    threads : int or "auto", optional
+        Intra-op CPU threads while training on the CPU: a count, or ``"auto"``
+        for :func:`rtlearn.compute.choose_threads`. ``None`` (default):
+        ``RTLEARN_THREADS``, else a count the user fixed, else ``"auto"``
+        (:func:`rtlearn.compute.apply_threads`).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, *, optimizer=None, lr: float = 1e-3,
                  weight_decay: float = 0.0, scheduler="plateau", plateau_factor: float = 0.1,
-                 plateau_patience: int = 5, scheduler_interval: str = "epoch", early_stopping: int | None = None,
+                 plateau_patience: int = 5, plateau_min_lr: float = 0.0, scheduler_interval: str = "epoch",
+                 early_stopping: int | None = None,
                  checkpoint=None, resume: bool = True, frozen: Sequence[nn.Module] = (), metrics=None,
                  input_keys: Sequence[str] = ("input",), forward: Callable | None = None, device=None,
                  amp: bool | None = None, channels_last: bool | None = None, grad_clip: float | None = None,
-                 seed: int = 0, progress: bool = True, restore_best: bool = True):
+                 seed: int = 0, progress: bool = True, restore_best: bool = True, threads=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if isinstance(plateau_min_lr, bool) or not isinstance(plateau_min_lr, (int, float)) or \
+                not (math.isfinite(plateau_min_lr) and plateau_min_lr >= 0):
+            raise ValueError(f"plateau_min_lr must be a finite learning rate >= 0, got {plateau_min_lr!r}")
         if early_stopping is not None and early_stopping < 1:
             raise ValueError("early_stopping must be a positive number of epochs or None")
+        if threads is not None:
+            compute._parse_threads(threads, "threads")
+        self.threads = threads
+        self.distributed = compute.init_distributed()
+        self.rank, self.world_size = compute.rank(), compute.world_size()
         self.device = torch.device(device) if device is not None else get_device()
         cuda = self.device.type == "cuda"
+        if self.distributed and cuda and self.device.index is None:
+            self.device = torch.device("cuda", compute.local_rank())
         if self.device.type == "cpu":
             # tiny (denormal) activations can slow CPU convolutions by 100x; flushing them to zero changes
             # nothing measurable in the results
@@ -157,9 +198,16 @@ class Trainer:
         self.channels_last = cuda if channels_last is None else bool(channels_last)
         self.seed = seed
         seed_everything(seed)
+        if self.distributed and cuda:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._net = self.model  # what the training forward calls: the model, or its DDP wrapper
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._net = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
         self.frozen = list(frozen)
         for net in self.frozen:
             net.to(self.device).eval()
@@ -175,7 +223,7 @@ class Trainer:
         self.scheduler_interval = scheduler_interval
         if scheduler == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode="min", factor=plateau_factor, patience=plateau_patience)
+                self.optimizer, mode="min", factor=plateau_factor, patience=plateau_patience, min_lr=plateau_min_lr)
         elif scheduler is None:
             self.scheduler = None
         elif callable(scheduler):
@@ -186,7 +234,7 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.resume = resume
         self.grad_clip = grad_clip
-        self.progress = progress
+        self.progress = progress and self.rank == 0
         self.restore_best = restore_best
         self.history = History()
         self.start_epoch = 0
@@ -200,14 +248,15 @@ class Trainer:
 
     def forward(self, batch):
         """Run the model on a batch already on the device (autocast applied; output cast to float32)."""
+        net = self._net if self.model.training else self.model  # DDP synchronises training passes only
         with self._autocast():
             if self._forward is not None:
-                out = self._forward(self.model, batch)
+                out = self._forward(net, batch)
             else:
                 missing = [k for k in self.input_keys if k not in batch]
                 if missing:
                     raise KeyError(f"batch has no key(s) {missing}; it has {sorted(batch)}")
-                out = self.model(*[batch[k] for k in self.input_keys])
+                out = net(*[batch[k] for k in self.input_keys])
         return out.float() if isinstance(out, torch.Tensor) else out
 
     def _loss(self, pred, batch):
@@ -219,24 +268,77 @@ class Trainer:
         return loss
 
     # -- epochs ----------------------------------------------------------------------------------------------
-    def train_epoch(self, loader) -> float:
+    def _shard(self, loader, epoch: int):
+        """This process's share of every batch of ``loader`` and the weight of each share (several processes).
+
+        Every process draws the same global batches (the same seeds), keeps
+        samples ``[r B / N, (r + 1) B / N)`` of each batch of ``B`` and weights its
+        share's loss by ``N n_r / B``, so that DDP's average of the processes'
+        gradients is the gradient of the whole batch's mean loss.
+        """
+        from torch.utils.data import DataLoader
+
+        if not isinstance(loader, DataLoader) or loader.batch_sampler is None:
+            raise TypeError("under torchrun the training data must be a map-style Dataset or a DataLoader with a "
+                            f"batch size, got {type(loader).__name__}")
+        # draw what iterating the loader itself would draw first (its workers' base seed), then the order
+        base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item())
+        shards, weights = [], []
+        for batch in loader.batch_sampler:  # the same shuffled order on every process
+            b = list(batch)
+            if len(b) < self.world_size:
+                continue
+            lo, hi = self.rank * len(b) // self.world_size, (self.rank + 1) * len(b) // self.world_size
+            shards.append(b[lo:hi])
+            weights.append((self.world_size * (hi - lo) / len(b), (hi - lo) / len(b)))
+        if self.rank > 0:  # rank 0 keeps the random stream of one process; the others draw their own dropout
+            torch.manual_seed((self.seed + epoch) * 1_000_003 + self.rank)
+        return DataLoader(loader.dataset, batch_sampler=shards, num_workers=loader.num_workers,
+                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                          worker_init_fn=loader.worker_init_fn,
+                          generator=torch.Generator().manual_seed(base_seed)), weights
+
+    def train_epoch(self, loader, epoch: int = 0) -> float:
+        """One pass over ``loader``; the mean of the batches' losses (over all processes under torchrun)."""
         self.model.train()
+        weights = None
+        if self.distributed:
+            loader, weights = self._shard(loader, epoch)
         total, n = 0.0, 0
-        for batch in loader:
+        for i, batch in enumerate(loader):
             batch = to_device(batch, self.device, self.channels_last)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._loss(self.forward(batch), batch)
-            loss.backward()
+            (loss if weights is None else loss * weights[i][0]).backward()
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
-            total += loss.item()
+            total += loss.item() * (1.0 if weights is None else weights[i][1])
             n += 1
+        if self.distributed:
+            import torch.distributed as dist
+
+            t = torch.tensor([total], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            total = float(t.item())
         if n == 0:
             raise ValueError("the training loader yielded no batch")
         return total / n
+
+    def _sync_from_rank0(self, values: dict | None = None):
+        """Copy rank 0's buffers (BatchNorm statistics) and ``values`` to every process."""
+        import torch.distributed as dist
+
+        for buf in self.model.buffers():
+            dist.broadcast(buf.data, 0)
+        if values is None:
+            return None
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, 0)
+        return dict(zip(keys, t.tolist()))
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
@@ -274,9 +376,15 @@ class Trainer:
         }
 
     def save(self, path=None) -> Path:
-        """Write a checkpoint atomically (an interrupted save never corrupts the previous one)."""
+        """Write a checkpoint atomically (an interrupted save never corrupts the previous one).
+
+        Under torchrun only rank 0 writes; every process waits until it is written.
+        """
         path = Path(path or self.checkpoint)
-        return torch_save(self.state_dict(), path)
+        if self.rank == 0:
+            torch_save(self.state_dict(), path)
+        compute.barrier()
+        return path
 
     def load(self, path=None) -> None:
         """Restore model, optimizer, scheduler, history and RNG state from a checkpoint."""
@@ -299,6 +407,8 @@ class Trainer:
         """Train for ``epochs`` epochs (counting those restored from a checkpoint); return the history."""
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if self.device.type == "cpu":
+            compute.apply_threads(self.threads)
         if self.checkpoint is not None and self.resume and self.checkpoint.exists():
             self.load()
         else:
@@ -313,9 +423,13 @@ class Trainer:
             # repeats exactly what an uninterrupted one would have done (for loaders using torch's global RNG)
             seed_everything(self.seed + epoch, deterministic=False)
             t0 = time.perf_counter()
-            record = {"epoch": epoch + 1, "train_loss": self.train_epoch(train_loader)}
+            record = {"epoch": epoch + 1, "train_loss": self.train_epoch(train_loader, epoch)}
+            if self.distributed:
+                self._sync_from_rank0()
             if val_loader is not None:
                 ev = self.evaluate(val_loader)
+                if self.distributed:
+                    ev = self._sync_from_rank0(ev)
                 record["val_loss"] = ev.pop("loss")
                 record.update(ev)
             monitored = record.get("val_loss", record["train_loss"])

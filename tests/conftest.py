@@ -8,6 +8,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Property-based tests (hypothesis): a few derandomised examples by default, so that `make test` stays fast
+# and deterministic; RTLEARN_HYPOTHESIS=deep draws many more, random ones.
+try:
+    from hypothesis import HealthCheck, settings
+
+    _checks = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("fast", max_examples=12, deadline=None, derandomize=True, database=None,
+                              print_blob=True, suppress_health_check=_checks)
+    settings.register_profile("deep", max_examples=400, deadline=None, database=None, print_blob=True,
+                              suppress_health_check=_checks)
+    settings.load_profile(os.environ.get("RTLEARN_HYPOTHESIS", "fast"))
+except ImportError:  # pragma: no cover - hypothesis is a test requirement
+    pass
+
+
+# One CPU thread count for the whole test session, chosen once from the cores free at its start: the automatic
+# choice of rtlearn.compute is re-measured during training and may change with the machine's load, and a
+# different thread count changes the last bits of a result (the determinism tests compare bit for bit).
+if not os.environ.get("RTLEARN_THREADS"):
+    from rtlearn.compute import choose_threads
+
+    os.environ["RTLEARN_THREADS"] = str(choose_threads())
+
 
 def shared_data_dir() -> Path | None:
     """The shared data folder: ``$RTLEARN_SHARED_DATA``, else ``<repo>/../shared/data``; None if absent."""

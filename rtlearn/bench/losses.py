@@ -2,8 +2,12 @@
 
 Run ``python -m rtlearn.bench.losses`` (options: ``--size 128``, ``--classes 8``,
 ``--grid 16``, ``--structures 10``, ``--bins 64``, ``--repeats 5``, ``--threads 1``,
-``--part seg|dose|all``, ``--json PATH``). Defaults take well under 2 minutes on
-one CPU core.
+``--part seg|dose|all``, ``--out PATH``). Defaults take well under 2 minutes on
+one CPU core. ``--out`` writes the results as JSON (atomically), with their
+provenance: versions, commit, date, threads, CPU, the load average when the run
+started and ended, and the arguments. Only ratios within one run compare fairly
+(other processes on the machine slow all losses of a round alike, not every run
+alike); :func:`load_recorded` reads such a file back as a :class:`RecordedBenchmark`.
 
 What is measured, per loss: wall time of one forward + backward call (the best
 of ``repeats`` rounds run round-robin over all losses after one warm-up each,
@@ -16,7 +20,9 @@ for the segmentation losses, masked MAE for the dose losses).
   and a one-hot phantom of spheres; MONAI's ``DiceLoss`` and ``TverskyLoss`` are
   measured too when MONAI is installed.
 * Dose (DeepDoseNet): a ``size^3`` dose, ``structures`` spherical structures,
-  the DVH loss with ``bins`` thresholds, against masked MAE alone.
+  the DVH loss with ``bins`` thresholds (its default method, and the dense form
+  that evaluates every voxel x threshold sigmoid, for comparison), against
+  masked MAE alone.
 
 Memory: with CUDA, ``torch.cuda.max_memory_allocated``; on Linux CPU, the peak
 resident set size (``VmHWM`` from ``/proc/self/status``, reset through
@@ -28,10 +34,14 @@ not counted); elsewhere memory is reported as unavailable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -266,11 +276,14 @@ def dose_losses(size=128, structures=10, bins=64, seed=0, device="cpu"):
         ("masked MAE", lambda x: _dose.masked_mae(x, target, body)),
         ("masked MSE", lambda x: _dose.masked_mse(x, target, body)),
         (f"DVH loss ({bins} bins)", lambda x: _dvh.dvh_loss(x, target, masks, bins=bins)),
+        (f"DVH loss ({bins} bins, dense form)", lambda x: _dvh.dvh_loss(x, target, masks, bins=bins, method="dense")),
         (f"MAE + DVH ({bins} bins)", lambda x: hybrid(x, target, body, masks)),
     ]
     n_vox = int(masks.sum())
     dense_mb = structures * bins * size ** 3 * pred.element_size() / 2 ** 20
-    info = {"structure_voxels": n_vox, "dense_S_x_bins_x_volume_mb": dense_mb}
+    method = _dvh._Relaxed(bins, _dvh.DEFAULT_RANGE, None, 1.0, "auto", None, n_vox, structures, pred.dtype,
+                           device).method
+    info = {"structure_voxels": n_vox, "dense_S_x_bins_x_volume_mb": dense_mb, "dvh_method": method}
     return losses, pred, info
 
 
@@ -280,6 +293,150 @@ def dose_benchmark(size=128, structures=10, bins=64, repeats=5, seed=0, device="
     losses, pred, info = dose_losses(size, structures, bins, seed, device)
     rows = [_measure(name, fn, pred, repeats, device) for name, fn in losses]
     return _add_ratios(rows, "masked MAE"), info
+
+
+# --------------------------------------------------------------------------- records
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else :func:`platform.processor` or the machine type."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_average():
+    """1-, 5- and 15-minute load averages (``os.getloadavg``), ``None`` where unavailable."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def run_provenance(argv, device) -> dict:
+    """Where a benchmark run comes from: :func:`rtlearn.study.provenance` (commit, dirty flag, date, versions,
+    threads), the device actually timed, the CPU model, the logical CPU count, the load average at the start
+    and the command line (``argv``)."""
+    from ..study import provenance
+
+    prov = provenance()
+    device = torch.device(device)
+    prov.update({
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+        "cpu_model": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_start": _load_average(),
+        "argv": [str(a) for a in argv],
+        "command": "python -m rtlearn.bench.losses " + " ".join(str(a) for a in argv),
+    })
+    return prov
+
+
+#: Recorded 128^3 dose benchmark shown in the DVH-loss chapter (relative to :func:`rtlearn.study.results_root`).
+RECORDED_DOSE_128 = Path("bench") / "losses-128.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedBenchmark:
+    """A benchmark run read back from the JSON file that ``--out`` wrote.
+
+    Attributes
+    ----------
+    config : dict
+        The run's arguments (``size``, ``structures``, ``bins``, ``part``, ``repeats``, ...).
+    provenance : dict
+        See :func:`run_provenance`.
+    rows : dict
+        ``{"dose": [...], "segmentation": [...]}``, the parts that were run; one mapping per loss with
+        ``loss``, ``time_s`` (best), ``time_median_s``, ``peak_mb``, ``time_ratio``, ``mem_ratio``.
+    dose_info : dict
+        Structure voxels, the size of a dense ``S x bins x volume`` sigmoid tensor (MiB), the DVH loss's method.
+    """
+
+    config: dict
+    provenance: dict
+    rows: dict
+    dose_info: dict
+
+    def row(self, loss: str, part: str = "dose") -> dict:
+        """The row of ``loss`` (its exact name) in ``part``; ``KeyError`` naming the losses present if absent."""
+        for r in self.rows.get(part, []):
+            if r["loss"] == loss:
+                return r
+        raise KeyError(f"no loss {loss!r} in part {part!r}; recorded: {[r['loss'] for r in self.rows.get(part, [])]}")
+
+    @property
+    def dvh_name(self) -> str:
+        """Name of the DVH loss's row (its default method) in the dose part."""
+        return f"DVH loss ({self.config['bins']} bins)"
+
+    def ratio(self, loss: str, kind: str = "time", part: str = "dose") -> float:
+        """Best time (``kind="time"``) or peak extra memory (``"memory"``) of ``loss`` over the reference's."""
+        key = {"time": "time_ratio", "memory": "mem_ratio"}.get(kind)
+        if key is None:
+            raise ValueError(f"kind must be 'time' or 'memory', got {kind!r}")
+        value = self.row(loss, part)[key]
+        if value is None:
+            raise ValueError(f"the {kind} of {loss!r} was not measured in this run")
+        return float(value)
+
+    def table(self, part: str = "dose"):
+        """The rows of ``part`` as a Markdown table (:class:`rtlearn.tables.Markdown`)."""
+        from ..tables import Markdown, format_cell, markdown_table
+
+        if part not in self.rows:
+            raise KeyError(f"part {part!r} was not run; recorded: {sorted(self.rows)}")
+        ref = "masked MAE" if part == "dose" else "dice (Eq. 2)"
+        size = self.config["size"]
+        header = [f"loss (forward + backward, {size}³)", "best time (s)", f"× {ref}", "median time (s)",
+                  "peak extra memory (MiB)", f"× {ref}"]
+        cell = lambda v, fmt: "n/a" if v is None else format_cell(float(v), fmt, nan="n/a")  # noqa: E731
+        rows = [[r["loss"], cell(r["time_s"], "{:.3f}"), cell(r["time_ratio"], "{:.2f}"),
+                 cell(r.get("time_median_s", r["time_s"]), "{:.3f}"), cell(r["peak_mb"], "{:.0f}"),
+                 cell(r["mem_ratio"], "{:.2f}")] for r in self.rows[part]]
+        return Markdown(markdown_table(header, rows))
+
+    def provenance_line(self) -> str:
+        """One line: command, commit, date, CPU or GPU, threads, torch, load average at the start."""
+        p = self.provenance
+        commit = (p.get("commit") or "unknown")[:10] + (" +local changes" if p.get("dirty") else "")
+        load = p.get("load_average_start")
+        load_text = "n/a" if not load else f"{load[0]:.2f} (1 min) on {p.get('cpu_count')} logical CPUs"
+        return (f"Recorded with `{p.get('command')}` on {str(p.get('date', '?'))[:10]}, commit {commit}, "
+                f"{p.get('device')} ({p.get('device_name')}), {p.get('threads')} thread(s), torch {p.get('torch')}, "
+                f"rtlearn {p.get('rtlearn')}; load average at the start {load_text}.")
+
+    def _repr_markdown_(self) -> str:
+        parts = [str(self.table(part)) for part in ("segmentation", "dose") if part in self.rows]
+        return "\n\n".join(parts + [self.provenance_line()])
+
+
+def load_recorded(path=None) -> RecordedBenchmark:
+    """Read a benchmark recorded with ``--out`` (default: the chapter's 128^3 dose run, :data:`RECORDED_DOSE_128`
+    under :func:`rtlearn.study.results_root`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not such a record (a key is missing).
+    """
+    from ..study import results_root
+
+    path = results_root() / RECORDED_DOSE_128 if path is None else Path(path)
+    data = json.loads(path.read_text())
+    missing = [k for k in ("config", "provenance") if k not in data]
+    if missing or not any(k in data for k in ("dose", "segmentation")):
+        raise ValueError(f"{path} is not a benchmark recorded with --out (missing {missing or 'results'})")
+    rows = {k: data[k] for k in ("segmentation", "dose") if k in data}
+    return RecordedBenchmark(config=data["config"], provenance=data["provenance"], rows=rows,
+                             dose_info=data.get("dose_info", {}))
 
 
 def _fmt(rows, title):
@@ -304,7 +461,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--part", choices=["seg", "dose", "all"], default="all")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--out", "--json", dest="out", default=None,
+                    help="also write the results and their provenance to this JSON file (atomically)")
     ap.add_argument("--no-pin-malloc", action="store_true",
                     help="do not pin glibc's mmap threshold (memory figures then under-count reused heap memory)")
     args = ap.parse_args(argv)
@@ -313,6 +471,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     result = {"config": vars(args), "torch": torch.__version__}
+    if args.out:
+        result["provenance"] = run_provenance(sys.argv[1:] if argv is None else argv, device)
     t0 = time.perf_counter()
     parts = {}
     if args.part in ("seg", "all"):
@@ -343,11 +503,13 @@ def main(argv=None) -> dict:
         info = result["dose_info"]
         print(_fmt(result["dose"], f"Dose losses, 1 x 1 x {args.size}^3, {args.structures} structures "
                                    f"({info['structure_voxels']} voxels), forward + backward (ratios to masked MAE)"))
-        print(f"(a dense S x bins x volume sigmoid tensor would need {info['dense_S_x_bins_x_volume_mb']:.0f} MiB)")
+        print(f"(the DVH loss used its {info['dvh_method']} form; a dense S x bins x volume sigmoid tensor would "
+              f"need {info['dense_S_x_bins_x_volume_mb']:.0f} MiB)")
     result["total_s"] = time.perf_counter() - t0
     print(f"\ntotal {result['total_s']:.1f} s on {args.threads} thread(s), device {args.device}")
-    if args.json:
-        with atomic_path(args.json) as tmp:
+    if args.out:
+        result["provenance"].update(load_average_end=_load_average(), wall_seconds=result["total_s"])
+        with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(result, indent=2, default=str))
     return result
 

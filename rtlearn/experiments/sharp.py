@@ -85,8 +85,11 @@ __all__ = [
     "NORM_GY", "PAPER_GAMMAS", "ROI_LABELS", "PAPER_IMBALANCE", "PAPER_TABLE1", "PAPER_GRADIENT", "PAPER_TABLE2",
     "PAPER_TABLE3", "PAPER_TABLE4", "TABLE1_ROWS", "TABLE4_ROWS", "BAND_ROWS", "MSE_ARM", "TABLE1_METRICS",
     "Config", "default_config", "arm_label", "arms", "build_model", "SharpData", "load_data", "dose_imbalance",
-    "predict", "case_metrics", "reference_extras", "run", "CLAIMS", "TINY",
-    "table1", "table2", "table4", "validation_mad", "select_best", "openkbp_scores", "tables",
+    "predict", "case_metrics", "reference_extras", "run", "CLAIMS", "CLAIM_GROUPS", "OPENKBP_CLAIMS", "claims_for",
+    "claim_verdicts", "TINY",
+    "table1", "table2", "table4", "validation_mad", "validation_sd", "validation_roi_mad", "select_by_mad",
+    "roi_wins", "select_like_paper", "paper_selection", "selection", "select_best", "epochs_trained",
+    "openkbp_scores", "tables", "plot_mad_vs_gamma", "plot_weight_map",
     "plot_training_curves", "plot_roi_boxplots", "plot_sample",
     "SOURCES", "OPENKBP_ROI_VALUES", "OPENKBP_BODY_VALUE", "OPENKBP_RX_GY", "OpenKBPRoiMapDataset", "OpenKBPSharpData",
     "load_openkbp",
@@ -112,6 +115,9 @@ OPENKBP_ROI_VALUES = {"PTV70": 1.0, "PTV63": 0.9, "PTV56": 0.8, "Brainstem": 0.7
 OPENKBP_BODY_VALUE = 0.1
 #: The highest OpenKBP prescription (PTV70), in Gy; used as the Rx of HI/CI-type metrics.
 OPENKBP_RX_GY = 70.0
+#: OpenKBP ``study`` profile: every k-th axial slice of each training / validation patient, and the most epochs.
+OPENKBP_STUDY_SLICE_STEP = 16
+OPENKBP_STUDY_EPOCHS = 30
 
 # ---- the paper's numbers (Bai et al. 2021), quoted for comparison ------------------------------------------
 #: Discussion of Bai et al. 2021: % of test voxels outside the body; % of body voxels below 500 cGy.
@@ -200,21 +206,24 @@ class Config:
     (initial weights, batch order) is not part of the config: it is the
     ``seed`` of :func:`run`.
 
-    ``source="openkbp"`` uses OpenKBP instead (3D only): the first ``n_train``,
-    ``n_val`` and ``n_test`` patients with a reference dose of the official
-    train, validation and test splits (all of them if fewer), on the 128³ grid
-    averaged over blocks of ``downsample`` voxels per axis; ``root`` is then the
-    OpenKBP dataset folder (:func:`rtlearn.data.openkbp.find_openkbp`) and
-    ``shape``, ``spacing``, ``data_seed`` and ``n_jobs`` are unused.
+    ``source="openkbp"`` uses OpenKBP instead: the first ``n_train``, ``n_val``
+    and ``n_test`` usable patients of the official train, validation and test
+    splits (all of them if fewer), as 3D volumes or 2D axial slices (every
+    ``slice_step``-th for training and validation) on the 128 grid averaged over
+    blocks of ``downsample`` voxels per axis; ``root`` is then the OpenKBP
+    dataset folder (:func:`rtlearn.data.openkbp.find_openkbp`) and ``shape``,
+    ``spacing``, ``data_seed`` and ``n_jobs`` are unused.
 
-    Cost of one seed of the ``study`` profile (:func:`default_config`: 64 / 16 / 30
-    patients, 2D 128 x 128, the MSE and six gammas, at most 60 epochs, early
-    stopping 10) on one CPU thread, measured with 2-epoch runs of that config on
-    the 2-core book machine: 4.3 s per epoch (64 training and 16 validation
-    slices) and about 1.5 s per arm to predict and score the test patients,
-    hence at most 7 arms x (60 x 4.3 + 1.5) s = 30 minutes per seed, less when
-    early stopping ends an arm sooner. Generating the 110 phantoms (once per study, then
-    cached) took 3.6 minutes with 2 processes.
+    Cost of one seed of the breast ``study`` profile (:func:`default_config`: 64 /
+    16 / 30 patients, 2D 128 x 128, the MSE and six gammas, a U-Net of width 8,
+    at most 100 epochs, early stopping 10) on one CPU thread: about a third of
+    the width-16 U-Net's 4.3 s per epoch (64 training and 16 validation slices),
+    so at most about 7 arms x 100 x 1.6 s = 19 minutes per seed, less when early
+    stopping ends an arm sooner. With width 16 and at most 40 epochs the
+    validation error was still falling at the last epoch in every arm; width 8
+    is what lets five seeds train to convergence on a CPU. The 110 phantoms are
+    generated once per study, then cached. The recorded studies store their own
+    wall times (``Study.provenance_line``).
     """
 
     dims: int = 2
@@ -232,25 +241,25 @@ class Config:
     lr: float = 1e-3
     plateau_factor: float = 0.1
     plateau_patience: int = 5
+    plateau_min_lr: float = 1e-7
     data_seed: int = 0
     n_jobs: int = 1
     root: str | None = None
     device: str | None = None
     source: str = "phantom"
     downsample: int = 1
+    slice_step: int = 1
 
     def __post_init__(self):
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-        if self.source == "openkbp" and self.dims != 3:
-            raise ValueError(f"source='openkbp' runs on 3D volumes: use dims=3, got dims={self.dims}")
         if self.downsample not in (1, 2, 4, 8) or isinstance(self.downsample, bool):
             raise ValueError(f"downsample must be 1, 2, 4 or 8 (a divisor of OpenKBP's 128 grid), "
                              f"got {self.downsample!r}")
         for name in ("n_train", "n_val", "n_test", "epochs", "depth", "width", "batch_size", "plateau_patience",
-                     "n_jobs"):
+                     "n_jobs", "slice_step"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -273,6 +282,11 @@ class Config:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not (0 < self.plateau_factor < 1):
             raise ValueError(f"plateau_factor must lie in (0, 1), got {self.plateau_factor!r}")
+        mlr = self.plateau_min_lr
+        if isinstance(mlr, bool) or not isinstance(mlr, (int, float)) or not (np.isfinite(mlr) and 0 <= mlr < self.lr):
+            raise ValueError(f"plateau_min_lr must be a learning rate in [0, lr), got {mlr!r}")
+        if self.slice_step != 1 and not (self.source == "openkbp" and self.dims == 2):
+            raise ValueError("slice_step applies to OpenKBP 2D slices only (source='openkbp', dims=2)")
 
     @property
     def n_cases(self) -> int:
@@ -287,31 +301,45 @@ def default_config(profile: str | None = None, **overrides) -> Config:
     Breast phantoms (the paper's site; ``source="phantom"``, the default):
 
     * ``quick``: 2D breast slices (128 x 128 pixels of 3 mm), 32 train / 8
-      validation / 10 test patients, the MSE and gamma in {25, 100, 500}, 30
-      epochs, a small U-Net (4 levels, 16 channels): about two minutes on a
-      2-core CPU. A demonstration, one seed.
-    * ``study``: the same 2D slices and U-Net with 64 train / 16 validation /
-      30 test patients, the MSE and all six gammas of the paper, up to 60 epochs
-      with early stopping after 10 epochs without a lower validation loss: at
-      most about 30 minutes per seed on one CPU thread (measured, see
-      :class:`Config`). Record 3 to 5 seeds
+      validation / 10 test patients, the MSE and gamma in {25, 100, 500}, at
+      most 30 epochs (early stopping 10), batch 4, a small U-Net (4 levels, 8
+      channels): about a minute on a 2-core CPU. A demonstration, one seed.
+    * ``study``: the same 2D slices with 64 train / 16 validation / 30 test
+      patients, the MSE and all six gammas of the paper, a U-Net of width 8
+      trained to convergence: at most 100 epochs with early stopping after 10
+      epochs without a lower validation loss, the learning rate divided by 10
+      after 5 such epochs down to 1e-7 (the paper's schedule); at most about 20
+      minutes per seed on one CPU thread (see :class:`Config`). Record 5 seeds
       (``python -m rtlearn.study sharp --profile study --seeds 0-4``).
     * ``full``: 3D breast volumes (64 x 128 x 128 at 4 x 3 x 3 mm), the paper's
       scale of 100 training patients (90 to fit, 10 for the validation loss that
       drives the learning-rate decay) and 10 test patients, all six gammas of
-      the paper, 60 epochs, a 5-level U-Net with 32 channels (as the paper's
-      five down-sampling levels); needs a GPU.
+      the paper, batch 2 (the paper's), at most 60 epochs (early stopping 15),
+      a 5-level U-Net with 32 channels (as the paper's five down-sampling
+      levels); needs a GPU.
 
-    OpenKBP head and neck (``source="openkbp"``, 3D only):
+    Batch 4 of 2D slices instead of the paper's batch 2 of 3D volumes: a batch of
+    two 128 x 128 slices gives batch normalisation too few voxels for stable
+    statistics (the validation error jumped between epochs).
 
-    * ``full``: every OpenKBP patient with a dose of the official split (up to
-      200 train / 40 validation / 100 test) on the full 128³ grid, all six
-      gammas, 40 epochs, the same 5-level U-Net with 32 channels; needs a GPU.
-    * ``quick``: a CPU-sized stand-in (20 / 5 / 10 patients, grid averaged over
-      4³ blocks to 32³, gamma in {25, 100, 500}, 10 epochs, a 3-level U-Net with
-      8 channels), only a smoke test of the pipeline, not a result.
-    * ``study``: none (a CPU cannot train an honest 3D head-and-neck model); a
-      clear error.
+    OpenKBP head and neck (``source="openkbp"``; patients with a dose, a
+    possible-dose mask and a CT):
+
+    * ``quick``: a smoke test of the pipeline, not a result (20 / 5 / 5
+      patients, 2D slices averaged to 64 x 64, every 8th slice, 4 epochs, a
+      3-level U-Net with 8 channels).
+    * ``study``: every usable patient of the official split (up to 200 train /
+      40 validation / 100 test), 2D axial slices averaged over 2 x 2 blocks to
+      64 x 64 (7.8 mm pixels at the typical 3.9 mm), every
+      :data:`OPENKBP_STUDY_SLICE_STEP`-th slice that meets the possible-dose
+      mask for training and validation, batch 8, the MSE and all six gammas,
+      the U-Net of width 8, at most :data:`OPENKBP_STUDY_EPOCHS` epochs (early
+      stopping 8, the paper's learning-rate schedule). Each test patient is predicted slice by slice,
+      brought back to 128³ and scored there with the challenge's dose and DVH
+      scores. Recorded as the chapter ``sharp_openkbp``
+      (``python -m rtlearn.study sharp_openkbp --profile study --seeds 0-2``).
+    * ``full``: the same patients on the full 128³ grid in 3D, all six
+      gammas, 40 epochs, the 5-level U-Net with 32 channels; needs a GPU.
 
     Parameters
     ----------
@@ -328,20 +356,20 @@ def default_config(profile: str | None = None, **overrides) -> Config:
     check_overrides(Config, overrides)
     source = overrides.get("source", "phantom")
     if source == "openkbp":
-        quick = Config(dims=3, source="openkbp", n_train=20, n_val=5, n_test=10, downsample=4, epochs=10,
-                       depth=3, width=8)
+        quick = Config(dims=2, source="openkbp", n_train=20, n_val=5, n_test=5, downsample=2, slice_step=8,
+                       epochs=4, depth=3, width=8, batch_size=8)
+        study = Config(dims=2, source="openkbp", n_train=200, n_val=40, n_test=100, downsample=2,
+                       slice_step=OPENKBP_STUDY_SLICE_STEP, gammas=PAPER_GAMMAS, epochs=OPENKBP_STUDY_EPOCHS,
+                       early_stopping=8, batch_size=8, width=8)
         full = Config(dims=3, source="openkbp", n_train=200, n_val=40, n_test=100, gammas=PAPER_GAMMAS,
                       epochs=40, depth=5, width=32)
-        study = None
     else:
-        quick = Config(n_train=32, n_val=8, n_test=10, epochs=30, n_jobs=2)
-        study = Config(n_train=64, n_val=16, n_test=30, gammas=PAPER_GAMMAS, epochs=60, early_stopping=10, n_jobs=2)
-        full = Config(dims=3, n_train=90, n_val=10, n_test=10, gammas=PAPER_GAMMAS, epochs=60, depth=5,
-                      width=32, n_jobs=8)
+        quick = Config(n_train=32, n_val=8, n_test=10, epochs=30, early_stopping=10, batch_size=4, width=8, n_jobs=2)
+        study = Config(n_train=64, n_val=16, n_test=30, gammas=PAPER_GAMMAS, epochs=100, early_stopping=10,
+                       batch_size=4, width=8, n_jobs=2)
+        full = Config(dims=3, n_train=90, n_val=10, n_test=10, gammas=PAPER_GAMMAS, epochs=60, early_stopping=15,
+                      depth=5, width=32, n_jobs=8)
     base = pick(quick=quick, full=full, study=study, profile_name=profile)
-    if base is None:
-        raise ValueError("source='openkbp' has no study profile (a CPU cannot train an honest 3D head-and-neck "
-                         "model); use the quick profile for a smoke test or the full profile on a GPU")
     return dataclasses.replace(base, **overrides)
 
 
@@ -434,9 +462,9 @@ def load_data(cfg: Config, progress: bool = True) -> SharpData:
 class OpenKBPRoiMapDataset(torch.utils.data.Dataset):
     r"""OpenKBP patients as the sharp-loss experiment's items: ROI-value map in, dose / 60 Gy out.
 
-    Wraps 3D :class:`rtlearn.data.openkbp.OpenKBPDataset` objects (inputs: the ten
-    ROI masks and the possible-dose mask, full 128³ grid) and serves
-    ``{"input": (1, Z, Y, X), "target": (1, Z, Y, X), "mask": (1, Z, Y, X)}``:
+    Wraps :class:`rtlearn.data.openkbp.OpenKBPDataset` objects (inputs: the ten
+    ROI masks and the possible-dose mask, full 128 grid; 3D volumes or 2D axial
+    slices) and serves ``{"input": (1, ...), "target": (1, ...), "mask": (1, ...)}``:
 
     .. math:: x = \max\big(v_{\text{body}}\,M,\ \max_k v_k R_k\big), \qquad y = \text{dose}_{\text{Gy}} / 60
 
@@ -461,19 +489,23 @@ class OpenKBPRoiMapDataset(torch.utils.data.Dataset):
 
     def _pool(self, a):
         f = self.downsample
-        return a if f == 1 else F.avg_pool3d(a[None], f)[0]
+        if f == 1:
+            return a
+        return (F.avg_pool2d if a.dim() == 3 else F.avg_pool3d)(a[None], f)[0]
 
     def __getitem__(self, k):
         if self._cache is not None and k in self._cache:
             return self._cache[k]
         ds, i = self.index[k]
         item = ds[i]
-        x = item["input"]                      # (10 ROIs + possible-dose mask, Z, Y, X)
+        x = item["input"]                      # (10 ROIs + possible-dose mask, ...)
         rois, pdm = x[:10], x[10:11]
-        roi_map = torch.maximum((self.values[:, None, None, None] * rois).amax(0, keepdim=True),
-                                OPENKBP_BODY_VALUE * pdm)
+        v = self.values.view(-1, *([1] * (x.dim() - 1)))
+        roi_map = torch.maximum((v * rois).amax(0, keepdim=True), OPENKBP_BODY_VALUE * pdm)
         out = {"input": self._pool(roi_map), "target": self._pool(item["target"] / NORM_GY),
                "mask": self._pool(pdm), "patient": item["patient"]}
+        if "slice" in item:
+            out["slice"] = item["slice"]
         if self._cache is not None:
             self._cache[k] = out
         return out
@@ -488,9 +520,15 @@ class OpenKBPRoiMapDataset(torch.utils.data.Dataset):
 class OpenKBPSharpData(SharpData):
     """OpenKBP (head and neck) in the experiment's split; ``dataset`` is an :class:`OpenKBPRoiMapDataset`.
 
-    Reference arrays are on the served grid (averaged over ``downsample``-blocks;
-    the body and ROI masks are the blocks more than half inside).
+    ``train`` and ``val`` are item indices (3D: patients; 2D: axial slices). The
+    test cases are patients (:attr:`test_patients`). In 3D the reference arrays
+    are on the served grid (averaged over ``downsample``-blocks; the body and ROI
+    masks are the blocks more than half inside). In 2D every test patient is
+    predicted slice by slice, brought back to the full 128³ grid (bilinear) and
+    scored there, in ``(Z, Y, X)`` order, as the challenge scored its entries.
     """
+
+    dims: int = 3
 
     @property
     def roi_names(self) -> tuple:
@@ -504,15 +542,34 @@ class OpenKBPSharpData(SharpData):
     def rx_gy(self) -> float:
         return OPENKBP_RX_GY
 
+    @property
+    def test_patients(self) -> list:
+        """OpenKBP patient ids of the test cases, in order."""
+        return list(self._test_items())
+
+    def _test_items(self) -> dict:
+        """``{patient id: [item indices]}`` of the test cases (computed once)."""
+        if getattr(self, "_items", None) is None:
+            items = {}
+            for i in self.test:
+                items.setdefault(self.dataset.patient(i)[1], []).append(i)
+            self._items = items
+        return self._items
+
     def patients(self, indices) -> list:
-        """OpenKBP patient ids of the cases ``indices``."""
+        """OpenKBP patient ids of the items ``indices``."""
         return [self.dataset.patient(i)[1] for i in indices]
 
     def case_ids(self, indices) -> list:
-        """Ids of the cases ``indices`` in a run record: the OpenKBP patient ids."""
-        return self.patients(indices)
+        """Ids of the test cases in a run record: the OpenKBP patient ids."""
+        return self.test_patients if self.dims == 2 else self.patients(indices)
+
+    def _test_ds(self, pid):
+        return next(ds for ds in self.dataset.datasets if ds.split == "test" and pid in ds.records)
 
     def case_spacing(self, indices) -> list:
+        if self.dims == 2:
+            return [spacing_zyx(self._test_ds(p).records[p]["voxel_dimensions"]) for p in self.test_patients]
         f = self.dataset.downsample
         out = []
         for i in indices:
@@ -522,34 +579,73 @@ class OpenKBPSharpData(SharpData):
         return out
 
     def arrays(self, indices):
+        """Reference dose (Gy), body and ROI masks of the items ``indices`` on the served grid."""
         doses, bodies, rois = [], [], []
+        f = self.dataset.downsample
         for i in indices:
-            ds, pid = self.dataset.patient(i)
-            item = ds[ds.slices_of(pid)[0]]
-            x = item["input"][None]
-            f = self.dataset.downsample
-            pooled = x if f == 1 else F.avg_pool3d(x, f)
+            ds, j = self.dataset.index[i]
+            item = ds[j]
+            x, t = item["input"][None], item["target"][None]
+            pool = (lambda a: a) if f == 1 else (lambda a: (F.avg_pool2d if a.dim() == 4 else F.avg_pool3d)(a, f))
+            pooled = pool(x)
             rois.append(pooled[0, :10].numpy() > 0.5)
             bodies.append(pooled[0, 10].numpy() > 0.5)
-            t = item["target"][None]
-            doses.append((t if f == 1 else F.avg_pool3d(t, f))[0, 0].numpy().astype(np.float64))
+            doses.append(pool(t)[0, 0].numpy().astype(np.float64))
         return np.stack(doses), np.stack(bodies), np.stack(rois)
+
+    def test_case(self, pid) -> tuple:
+        """2D: the full-grid reference of test patient ``pid`` in ``(Z, Y, X)``: dose (Gy), body, ROI masks."""
+        a = self._test_ds(pid).patient_arrays(pid)
+        zyx = lambda v: np.ascontiguousarray(np.transpose(v, (2, 0, 1)))  # noqa: E731  (Y, X, Z) -> (Z, Y, X)
+        empty = np.zeros(a["dose"].shape, bool)
+        rois = np.stack([zyx(a["rois"].get(n, empty)) for n in self.roi_names])
+        return zyx(a["dose"]), zyx(a["possible_dose_mask"].astype(bool)), rois
+
+    @torch.no_grad()
+    def predict_case(self, model, pid, body=None, batch_size: int = 16) -> np.ndarray:
+        """2D: predicted dose (Gy) of test patient ``pid`` on the full grid, ``(Z, Y, X)``.
+
+        Every slice that meets the possible-dose mask is predicted, brought back to
+        128 x 128 (bilinear), clipped at 0 and multiplied by the possible-dose mask,
+        as :func:`rtlearn.data.openkbp.eval.predict_patient` does; other slices are 0.
+        ``body``: the patient's possible-dose mask in ``(Z, Y, X)`` if already at hand.
+        """
+        model.eval()
+        device = next(model.parameters()).device
+        idx = self._test_items()[pid]
+        out = np.zeros((128, 128, 128), np.float64)
+        f = self.dataset.downsample
+        for start in range(0, len(idx), batch_size):
+            items = [self.dataset[i] for i in idx[start:start + batch_size]]
+            pred = model(torch.stack([it["input"] for it in items]).to(device)).float()
+            if f > 1:
+                pred = F.interpolate(pred, scale_factor=f, mode="bilinear", align_corners=False)
+            pred = pred.clamp_min(0).cpu().numpy()[:, 0].astype(np.float64) * NORM_GY
+            for it, p in zip(items, pred):
+                out[it["slice"]] = p
+        if body is None:
+            _, body, _ = self.test_case(pid)
+        return out * body
 
 
 def load_openkbp(cfg: Config, progress: bool = True) -> OpenKBPSharpData:
     """OpenKBP's official train / validation / test patients for the experiment (``cfg.source == "openkbp"``).
 
     Takes the first ``cfg.n_train`` / ``n_val`` / ``n_test`` patients that have
-    a reference dose and a possible-dose mask in each official split (all if fewer;
-    the others are skipped and named). Raises ``FileNotFoundError`` with download
-    instructions (``python data_scripts/download_openkbp.py``) when the data are absent.
+    a reference dose, a possible-dose mask and a CT in each official split (all if
+    fewer; the others are skipped and named). The model reads no CT; requiring it
+    keeps the same patients as the book's other OpenKBP experiments, which do. In 2D, the training and validation items are
+    every ``cfg.slice_step``-th axial slice that meets the possible-dose mask; the
+    test patients keep every such slice (they are scored as whole volumes).
+    Raises ``FileNotFoundError`` with download instructions
+    (``python data_scripts/download_openkbp.py``) when the data are absent.
     """
     root = find_openkbp(cfg.root)
     usable = None
     manifest = root / "manifest.json"
     if manifest.is_file():
         usable = {k for k, v in json.loads(manifest.read_text()).items()
-                  if "dose_cgy" in v and "possible_dose_mask" in v}
+                  if "dose_cgy" in v and "possible_dose_mask" in v and "ct" in v}
     parts = []
     for split, n in (("train", cfg.n_train), ("validation", cfg.n_val), ("test", cfg.n_test)):
         ids = list_patients(split, root)
@@ -557,16 +653,18 @@ def load_openkbp(cfg: Config, progress: bool = True) -> OpenKBPSharpData:
             missing = [p for p in ids if f"{split}/{p}" not in usable]
             ids = [p for p in ids if f"{split}/{p}" in usable]
             if missing and progress:
-                print(f"OpenKBP {split}: skipping {len(missing)} patient(s) without a dose: {', '.join(missing)}")
-        parts.append(OpenKBPDataset(split, root, dims=3, inputs=("rois", "possible_dose_mask"), patients=ids[:n],
-                                    progress=progress, verbose=progress))
-    if len(parts[2]) < 2:
-        raise ValueError(f"need at least 2 OpenKBP test patients with a dose, got {len(parts[2])}")
-    ds = OpenKBPRoiMapDataset(parts, downsample=cfg.downsample, cache=cfg.device not in (None, "cpu")
+                print(f"OpenKBP {split}: skipping {len(missing)} patient(s) without a dose or a CT: "
+                      f"{', '.join(missing)}")
+        step = cfg.slice_step if (cfg.dims == 2 and split != "test") else 1
+        parts.append(OpenKBPDataset(split, root, dims=cfg.dims, inputs=("rois", "possible_dose_mask"),
+                                    patients=ids[:n], slice_step=step, progress=progress, verbose=progress))
+    if len(parts[2].patients) < 2:
+        raise ValueError(f"need at least 2 OpenKBP test patients with a dose, got {len(parts[2].patients)}")
+    ds = OpenKBPRoiMapDataset(parts, downsample=cfg.downsample, cache=cfg.dims == 2 or cfg.device not in (None, "cpu")
                               or torch.cuda.is_available())
     a, b = len(parts[0]), len(parts[0]) + len(parts[1])
     idx = list(range(len(ds)))
-    return OpenKBPSharpData(ds, idx[:a], idx[a:b], idx[b:])
+    return OpenKBPSharpData(ds, idx[:a], idx[a:b], idx[b:], dims=cfg.dims)
 
 
 def dose_imbalance(dose_gy, body, threshold_gy: float = 5.0) -> dict:
@@ -737,13 +835,39 @@ def predict(model, data: SharpData, indices, batch_size: int = 2) -> np.ndarray:
     return np.concatenate(out).astype(np.float64) * NORM_GY
 
 
+def _test_cases(data: SharpData, cfg: Config, keep: int | None = None):
+    """Yield ``(k, reference Gy, body, ROI masks (R, ...), spacing)`` per test case (2D OpenKBP: one patient)."""
+    if isinstance(data, OpenKBPSharpData) and data.dims == 2:
+        for k, (pid, sp) in enumerate(zip(data.test_patients, data.case_spacing(data.test))):
+            yield (k, *data.test_case(pid), sp)
+        return
+    ref, body, rois = data.arrays(data.test)
+    for k, sp in enumerate(data.case_spacing(data.test)):
+        yield k, ref[k], body[k], rois[k], sp
+
+
+def _validation_scores(vpred, vref, vbody, vrois, names, source) -> dict:
+    """Validation MAD and signed-error SD inside the body (cGy), and MAD per structure (cGy), voxels pooled."""
+    err = (vpred - vref) * 100.0
+    inside = err[vbody]
+    roi = {}
+    for k, n in enumerate(names):
+        m = vrois[:, k]
+        if m.any():
+            roi[_roi_label(n, source)] = float(np.abs(err[m]).mean())
+    return {"mad": float(np.abs(inside).mean()), "sd": float(inside.std()), "roi": roi}
+
+
 def run(cfg: Config, seed: int, *, data: SharpData | None = None, progress: bool = True) -> dict:
     """Train every arm of ``cfg`` (:func:`arms`) with training seed ``seed`` and score the test cases.
 
     For each arm, ``seed`` sets the initial weights (the model is built inside
     :func:`rtlearn.train.seeded`, so every arm starts from the same weights) and
     the batch order (:func:`rtlearn.train.fit`); the split is fixed by ``cfg``.
-    The weights of the epoch with the lowest validation loss are kept.
+    Adam, the learning rate divided by 10 after ``plateau_patience`` epochs without
+    a lower validation loss (never below ``plateau_min_lr``), at most ``epochs``
+    epochs and early stopping after ``early_stopping`` epochs without a lower
+    validation loss; the weights of the epoch with the lowest validation loss are kept.
 
     Returns
     -------
@@ -752,10 +876,13 @@ def run(cfg: Config, seed: int, *, data: SharpData | None = None, progress: bool
         ``metrics`` ``{arm: {metric: [one float per case]}}`` (:func:`case_metrics`),
         ``history`` ``{arm: per-epoch records}`` (with the validation MAD inside the
         body, ``val_mad_body_cgy``), ``seconds`` ``{arm: training and scoring time}``,
-        ``extras`` (small JSON: ``val_mad_body_cgy`` per arm, the validation MAD
-        inside the body in cGy of the kept weights, and :func:`reference_extras`)
-        and ``live`` (in memory only: the test arrays, the predictions in Gy and
-        the trained models, for :func:`plot_sample`).
+        ``extras`` (small JSON: per arm the validation MAD inside the body
+        ``val_mad_body_cgy``, the validation error SD inside the body
+        ``val_sd_body_cgy`` and MAD per structure ``val_mad_roi_cgy`` of the kept
+        weights (cGy, voxels of all validation cases pooled), the epochs trained
+        ``epochs``, and :func:`reference_extras`) and ``live`` (in memory only: the
+        test arrays, the predictions in Gy and the trained models, for
+        :func:`plot_sample`; for 2D OpenKBP only the first two test patients' arrays).
     """
     if not isinstance(cfg, Config):
         raise TypeError(f"cfg must be a sharp.Config, got {type(cfg).__name__}")
@@ -763,13 +890,13 @@ def run(cfg: Config, seed: int, *, data: SharpData | None = None, progress: bool
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     data = load_data(cfg, progress) if data is None else data
-    ref, body, rois = data.arrays(data.test)
-    vref, vbody, _ = data.arrays(data.val)
-    spacings = data.case_spacing(data.test)
+    okbp2d = isinstance(data, OpenKBPSharpData) and data.dims == 2
+    keep = 2 if okbp2d else None
+    vref, vbody, vrois = data.arrays(data.val)
     names = data.roi_names
-    masks = [{n: rois[c, k] for k, n in enumerate(names)} for c in range(len(ref))]
     train, val = Subset(data.dataset, data.train), Subset(data.dataset, data.val)
-    metrics, history, seconds, val_mad, preds, models = {}, {}, {}, {}, {}, {}
+    metrics, history, seconds, preds, models = {}, {}, {}, {}, {}
+    vscores, epochs = {}, {}
     for arm, loss in arms(cfg).items():
         t0 = time.perf_counter()
         with seeded(seed):
@@ -777,48 +904,143 @@ def run(cfg: Config, seed: int, *, data: SharpData | None = None, progress: bool
         result = fit(model, loss, train, val=val, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed,
                      drop_last=len(data.train) >= 2 * cfg.batch_size, lr=cfg.lr, scheduler="plateau",
                      plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
-                     early_stopping=cfg.early_stopping, metrics={"val_mad_body_cgy": _mad_body_cgy},
-                     device=cfg.device, progress=progress)
-        pred = predict(result.model, data, data.test, cfg.batch_size)
+                     plateau_min_lr=cfg.plateau_min_lr, early_stopping=cfg.early_stopping,
+                     metrics={"val_mad_body_cgy": _mad_body_cgy}, device=cfg.device, progress=progress)
         vpred = predict(result.model, data, data.val, cfg.batch_size)
-        val_mad[arm] = mad(vpred, vref, vbody) * 100.0
-        per_case = [case_metrics(pred[c], ref[c], body[c], masks[c], rx_gy=data.rx_gy, spacing=spacings[c],
-                                 source=cfg.source) for c in range(len(ref))]
-        metrics[arm] = {k: [pc[k] for pc in per_case] for k in per_case[0]}
+        vscores[arm] = _validation_scores(vpred, vref, vbody, vrois, names, cfg.source)
+        epochs[arm] = len(result.history.records)
+        per_case, kept = [], []
+        batch_preds = None if okbp2d else iter(predict(result.model, data, data.test, cfg.batch_size))
+        pids = data.test_patients if okbp2d else None
+        for k, ref, body, rois, sp in _test_cases(data, cfg):
+            pred = data.predict_case(result.model, pids[k], body) if okbp2d else next(batch_preds)
+            masks = {n: rois[j] for j, n in enumerate(names)}
+            per_case.append(case_metrics(pred, ref, body, masks, rx_gy=data.rx_gy, spacing=sp, source=cfg.source))
+            if keep is None or k < keep:
+                kept.append(pred)
+        metrics[arm] = {key: [pc[key] for pc in per_case] for key in per_case[0]}
         history[arm] = result.history.records
         seconds[arm] = time.perf_counter() - t0
-        preds[arm], models[arm] = pred, result.model
-    extras = {"val_mad_body_cgy": val_mad,
-              **reference_extras(ref, body, masks, rx_gy=data.rx_gy, spacings=spacings, source=cfg.source)}
-    live = {"reference": ref, "body": body, "rois": rois, "roi_names": names, "spacing": data.spacing,
-            "case_spacing": spacings, "rx_gy": data.rx_gy, "source": cfg.source, "predictions": preds,
-            "models": models, "val_mad_body_cgy": dict(val_mad)}
+        preds[arm], models[arm] = np.stack(kept), result.model
+    ref_l, body_l, rois_l, masks_l, sp_l = [], [], [], [], []
+    ref_extras = None
+    for k, ref, body, rois, sp in _test_cases(data, cfg):
+        one = reference_extras([ref], [body], [{n: rois[j] for j, n in enumerate(names)}], rx_gy=data.rx_gy,
+                               spacings=[sp], source=cfg.source)
+        ref_extras = one if ref_extras is None else _merge_extras(ref_extras, one)
+        if keep is None or k < keep:
+            ref_l.append(ref), body_l.append(body), rois_l.append(rois), sp_l.append(sp)
+    extras = {"val_mad_body_cgy": {a: v["mad"] for a, v in vscores.items()},
+              "val_sd_body_cgy": {a: v["sd"] for a, v in vscores.items()},
+              "val_mad_roi_cgy": {a: v["roi"] for a, v in vscores.items()},
+              "epochs": epochs, **ref_extras}
+    live = {"reference": np.stack(ref_l), "body": np.stack(body_l), "rois": np.stack(rois_l), "roi_names": names,
+            "spacing": tuple(sp_l[0]), "case_spacing": sp_l, "rx_gy": data.rx_gy, "source": cfg.source,
+            "predictions": preds, "models": models, "val_mad_body_cgy": dict(extras["val_mad_body_cgy"])}
     return {"cases": data.case_ids(data.test), "metrics": metrics, "history": history, "seconds": seconds,
             "extras": extras, "live": live}
+
+
+def _merge_extras(a: dict, b: dict) -> dict:
+    """Concatenate the per-case lists of two :func:`reference_extras` results."""
+    out = {}
+    for key, v in a.items():
+        if isinstance(v, dict):
+            out[key] = {k: list(v[k]) + list(b[key][k]) for k in v}
+        else:
+            out[key] = list(v) + list(b[key])
+    return out
 
 
 # ---- the paper's claims ----------------------------------------------------------------------------------------
 def _paper_claims() -> tuple:
     sl, col = arm_label(100.0), 1 + PAPER_GAMMAS.index(100.0)
-    mse_in, sl_in = PAPER_TABLE1["Inside the body"][0], PAPER_TABLE1["Inside the body"][col]
+    inside, std = PAPER_TABLE1["Inside the body"], PAPER_TABLE1["Std"]
     claims = [Claim("MAD inside the body", MSE_ARM, sl, "lower",
                     f"Lower MAD inside the body with the sharp loss (γ = 100) than with the MSE; paper's Table 1: "
-                    f"{mse_in:.2f} → {sl_in:.2f} cGy", paper=round(sl_in - mse_in, 2))]
+                    f"{inside[0]:.2f} → {inside[col]:.2f} cGy", paper=round(inside[col] - inside[0], 2))]
     for roi, (mse, _, slv, _, p) in PAPER_TABLE3.items():
         claims.append(Claim(f"MAD {roi}", MSE_ARM, sl, "lower",
                             f"Lower {roi if roi == 'PTV' else roi.lower()} MAD with the sharp loss (γ = 100) than "
                             f"with the MSE; paper's Table 3: {mse:.2f} → {slv:.2f} cGy, p = {p:g}",
                             paper=round(slv - mse, 2)))
+    for k, g in enumerate(PAPER_GAMMAS):       # gamma = 100 is best: the lowest error SD inside the body
+        if g == 100.0:
+            continue
+        claims.append(Claim("error SD inside the body", arm_label(g), sl, "lower",
+                            f"γ = 100 has a lower error SD inside the body than γ = {g:g}; paper's Table 1: "
+                            f"{std[1 + k]:.2f} → {std[col]:.2f} cGy", paper=round(std[col] - std[1 + k], 2)))
+    for g in (250.0, 500.0):                   # large gamma is worse: a higher MAD inside the body than gamma = 100
+        k = 1 + PAPER_GAMMAS.index(g)
+        claims.append(Claim("MAD inside the body", sl, arm_label(g), "higher",
+                            f"γ = {g:g} has a higher MAD inside the body than γ = 100; paper's Table 1: "
+                            f"{inside[col]:.2f} → {inside[k]:.2f} cGy", paper=round(inside[k] - inside[col], 2)))
     return tuple(claims)
 
 
-#: The paper's claims, tested by :func:`rtlearn.metrics.stats.judge` on the per-case MADs
-#: (MSE arm A, sharp loss with gamma = 100 arm B, "lower": B has the lower MAD). ``paper`` is the
-#: paper's difference of means (SL gamma=100 - MSE, cGy) from Table 1 (inside the body) and Table 3 (ROIs).
+#: The paper's claims, tested by :func:`rtlearn.metrics.stats.judge` on the per-case metrics, in three groups
+#: (:data:`CLAIM_GROUPS`): the sharp loss (gamma = 100) beats the MSE inside the body and in every structure
+#: (Tables 1 and 3); gamma = 100 is the best sharpness (the lowest error SD inside the body, the paper's own
+#: criterion, against each other gamma); a large gamma (250, 500) is worse than 100 (a higher MAD inside the
+#: body). ``paper`` is the paper's difference (B - A, cGy) from its Tables 1 and 3.
 CLAIMS = _paper_claims()
+#: The three claims of the paper as groups of :data:`CLAIMS` (indices): a group is supported when every one of
+#: its tests is, contradicted when any is contradicted, and unresolved otherwise (:func:`claim_verdicts`).
+CLAIM_GROUPS = {
+    "The sharp loss (γ = 100) beats the MSE inside the body and in the PTV": (0, 1),
+    "γ = 100 is the best sharpness (lowest error SD inside the body)": tuple(range(6, 11)),
+    "A large γ (250, 500) is worse than γ = 100": (11, 12),
+}
+
+#: Claims carried over to OpenKBP (head and neck; the paper has no such data, so these test whether its
+#: claims transfer): the sharp loss (gamma = 100) beats the MSE inside the possible-dose mask, in the PTV70 and
+#: on the challenge's dose and DVH scores; gamma = 500 is worse than 100 inside the mask.
+OPENKBP_CLAIMS = (
+    Claim("MAD inside the body", MSE_ARM, arm_label(100.0), "lower",
+          "Lower MAD inside the possible-dose mask with the sharp loss (γ = 100) than with the MSE"),
+    Claim("MAD PTV70", MSE_ARM, arm_label(100.0), "lower",
+          "Lower PTV70 MAD with the sharp loss (γ = 100) than with the MSE"),
+    Claim("dose error (Gy)", MSE_ARM, arm_label(100.0), "lower",
+          "Lower OpenKBP dose error with the sharp loss (γ = 100) than with the MSE"),
+    Claim("DVH error (Gy)", MSE_ARM, arm_label(100.0), "lower",
+          "Lower OpenKBP DVH error with the sharp loss (γ = 100) than with the MSE"),
+    Claim("MAD inside the body", arm_label(100.0), arm_label(500.0), "higher",
+          "γ = 500 has a higher MAD inside the possible-dose mask than γ = 100"),
+)
+
+
+def claims_for(study, claims=None) -> tuple:
+    """The claims of ``claims`` (default: the study's source's) whose two arms the study has."""
+    if claims is None:
+        claims = OPENKBP_CLAIMS if _source(study) == "openkbp" else CLAIMS
+    arms_ = set(study.arms)
+    return tuple(c for c in claims if c.a in arms_ and c.b in arms_)
+
+
+def claim_verdicts(rows, groups=None) -> dict:
+    """One verdict per claim of the paper from the judged tests ``rows`` (:func:`rtlearn.metrics.stats.judge`
+    over all of :data:`CLAIMS`, in order): ``{claim: verdict}`` for each group of :data:`CLAIM_GROUPS`.
+
+    A group is ``"supported"`` when all its tests are supported, ``"contradicted"`` when any test is
+    contradicted, ``"unresolved"`` otherwise; a group with a test missing from ``rows`` is
+    ``"not tested"`` (e.g. the quick profile lacks some gammas).
+    """
+    groups = CLAIM_GROUPS if groups is None else groups
+    by_key = {(r["metric"], r["a"], r["b"]): r["verdict"] for r in rows}
+    out = {}
+    for name, idx in groups.items():
+        keys = [(CLAIMS[i].metric, CLAIMS[i].a, CLAIMS[i].b) for i in idx]
+        if any(k not in by_key for k in keys):
+            out[name] = "not tested"
+            continue
+        v = [by_key[k] for k in keys]
+        out[name] = "contradicted" if "contradicted" in v else "supported" if all(x == "supported" for x in v) \
+            else "unresolved"
+    return out
+
 
 #: Overrides that make ``default_config("study", **TINY)`` run one seed in a few seconds (tests).
-TINY = dict(n_train=4, n_val=2, n_test=3, shape=(48, 48), spacing=(8.0, 8.0), gammas=(25.0, 100.0), epochs=2,
+TINY = dict(n_train=4, n_val=2, n_test=3, shape=(48, 48), spacing=(8.0, 8.0), gammas=PAPER_GAMMAS, epochs=2,
             depth=2, width=4, n_jobs=1)
 
 
@@ -933,13 +1155,107 @@ def validation_mad(study) -> dict:
             for arm in study.arms}
 
 
-def select_best(study) -> str:
-    """The sharp-loss arm with the lowest validation MAD inside the body (mean over seeds); never the test set."""
-    sharp = [arm for arm in study.arms if arm != MSE_ARM]
+def validation_sd(study) -> dict:
+    """``{arm: array over seeds}``: SD of the signed validation error inside the body (cGy) of the kept weights."""
+    return {arm: np.array([study.extras(s)["val_sd_body_cgy"][arm] for s in study.seeds], dtype=float)
+            for arm in study.arms}
+
+
+def validation_roi_mad(study) -> dict:
+    """``{ROI: {arm: array over seeds}}``: validation MAD per structure (cGy) of the kept weights."""
+    first = study.extras(study.seeds[0])["val_mad_roi_cgy"]
+    rois = list(next(iter(first.values())))
+    return {r: {arm: np.array([study.extras(s)["val_mad_roi_cgy"][arm].get(r, np.nan) for s in study.seeds],
+                              dtype=float) for arm in study.arms} for r in rois}
+
+
+def select_by_mad(mad_inside) -> str:
+    """The arm with the lowest MAD inside the body: ``mad_inside`` is ``{arm: value}`` (MSE excluded).
+
+    Applied to the paper's own Table 1 (:func:`paper_selection`) this picks γ = 50 (148.67 cGy), not the
+    paper's γ = 100 (154.15 cGy, 4th of the six gammas).
+    """
+    sharp = {a: float(v) for a, v in mad_inside.items() if a != MSE_ARM}
     if not sharp:
+        raise ValueError("no sharp-loss arm to choose from")
+    if not all(np.isfinite(v) for v in sharp.values()):
+        raise ValueError(f"the MADs must be finite, got {sharp}")
+    return min(sharp, key=sharp.get)
+
+
+def roi_wins(roi_mad) -> dict:
+    """``{arm: number of structures where the arm has the lowest MAD}`` from ``{ROI: {arm: MAD}}`` (MSE excluded)."""
+    wins = {}
+    for row in roi_mad.values():
+        sharp = {a: float(v) for a, v in row.items() if a != MSE_ARM and np.isfinite(v)}
+        for a in sharp:
+            wins.setdefault(a, 0)
+        if sharp:
+            best = min(sharp, key=sharp.get)
+            wins[best] += 1
+    return wins
+
+
+def select_like_paper(sd_inside, roi_mad) -> str:
+    """The arm chosen as Bai et al. chose γ: the lowest SD of the error inside the body, then the per-ROI table.
+
+    The paper argues for γ = 100 from the standard deviation of the prediction error inside the body (the last
+    row of its Table 1: every part of the body matters equally) and then from its Table 2 (γ = 100 has the
+    lowest MAD in most structures). Here the SD decides; the number of structures where an arm has the lowest
+    MAD (:func:`roi_wins`) breaks ties. ``sd_inside`` is ``{arm: SD}``, ``roi_mad`` ``{ROI: {arm: MAD}}``; the
+    MSE arm is never chosen. On the paper's own Tables 1 and 2 this gives γ = 100 (:func:`paper_selection`).
+    """
+    sharp = {a: float(v) for a, v in sd_inside.items() if a != MSE_ARM}
+    if not sharp:
+        raise ValueError("no sharp-loss arm to choose from")
+    if not all(np.isfinite(v) for v in sharp.values()):
+        raise ValueError(f"the error SDs must be finite, got {sharp}")
+    wins = roi_wins(roi_mad)
+    return min(sharp, key=lambda a: (round(sharp[a], 9), -wins.get(a, 0)))
+
+
+def paper_selection() -> dict:
+    """Both selection rules applied to the paper's own numbers (Tables 1 and 2 of Bai et al. 2021).
+
+    Returns ``{"by MAD": arm, "like the paper": arm, "roi wins": {arm: n}}``: the lowest MAD inside the body
+    picks γ = 50, the paper's procedure (:func:`select_like_paper`) γ = 100.
+    """
+    names = [MSE_ARM] + [arm_label(g) for g in PAPER_GAMMAS]
+    mad = dict(zip(names, PAPER_TABLE1["Inside the body"]))
+    sd = dict(zip(names, PAPER_TABLE1["Std"]))
+    roi = {r: dict(zip(names, v)) for r, v in PAPER_TABLE2.items()}
+    return {"by MAD": select_by_mad(mad), "like the paper": select_like_paper(sd, roi), "roi wins": roi_wins(roi)}
+
+
+def selection(study) -> dict:
+    """Both selection rules on the *validation* patients of a study (values averaged over seeds).
+
+    Returns ``{"by MAD": arm, "like the paper": arm, "roi wins": {arm: n}, "per seed": {"by MAD": [...],
+    "like the paper": [...]}}``. Never uses the test patients. The chapter's verdicts do not depend on it:
+    they test γ = 100, the paper's choice; the chosen arm only adds a column to Table 4.
+    """
+    mad, sd, roi = validation_mad(study), validation_sd(study), validation_roi_mad(study)
+    mean = lambda d: {a: float(np.mean(v)) for a, v in d.items()}  # noqa: E731
+    roi_mean = {r: mean(v) for r, v in roi.items()}
+    per_seed = {"by MAD": [], "like the paper": []}
+    for k in range(len(study.seeds)):
+        pick = lambda d, k=k: {a: float(v[k]) for a, v in d.items()}  # noqa: E731
+        per_seed["by MAD"].append(select_by_mad(pick(mad)))
+        per_seed["like the paper"].append(select_like_paper(pick(sd), {r: pick(v) for r, v in roi.items()}))
+    return {"by MAD": select_by_mad(mean(mad)), "like the paper": select_like_paper(mean(sd), roi_mean),
+            "roi wins": roi_wins(roi_mean), "per seed": per_seed}
+
+
+def select_best(study) -> str:
+    """The sharp-loss arm chosen on the validation patients by the paper's procedure (:func:`selection`)."""
+    if not [arm for arm in study.arms if arm != MSE_ARM]:
         raise ValueError("no sharp-loss arm in the study")
-    val = validation_mad(study)
-    return min(sharp, key=lambda arm: float(np.mean(val[arm])))
+    return selection(study)["like the paper"]
+
+
+def epochs_trained(study) -> dict:
+    """``{arm: array over seeds}``: the epochs each arm trained before early stopping (or the limit)."""
+    return {arm: np.array([len(h) for h in study.histories(arm)], dtype=float) for arm in study.arms}
 
 
 def openkbp_scores(study) -> dict:
@@ -964,22 +1280,36 @@ def _fmt_p(p) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def _claims_table(study) -> str:
+def _paper_pair(c: Claim) -> tuple:
+    """The paper's (A mean, A sd, B mean, B sd, p) for claim ``c`` (sd and p None where the paper gives none)."""
+    roi = c.metric[4:] if c.metric.startswith("MAD ") else None
+    if c.a == MSE_ARM and roi in PAPER_TABLE3:
+        return PAPER_TABLE3[roi]
+    row = "Std" if c.metric == "error SD inside the body" else "Inside the body"
+    col = lambda arm: 0 if arm == MSE_ARM else 1 + PAPER_GAMMAS.index(float(arm.split("=")[1]))  # noqa: E731
+    return PAPER_TABLE1[row][col(c.a)], None, PAPER_TABLE1[row][col(c.b)], None, None
+
+
+def _claims_table(study, claims=None) -> str:
+    claims = claims_for(study, claims)
     rows = []
-    for r in judge(study, CLAIMS):
-        metric = r["metric"][4:]  # "MAD PTV" -> "PTV"
-        paper = PAPER_TABLE3.get(metric)
-        if paper is None:  # inside the body: Table 1, no test in the paper
-            col = 1 + PAPER_GAMMAS.index(100.0)
-            paper = (PAPER_TABLE1["Inside the body"][0], None, PAPER_TABLE1["Inside the body"][col], None, None)
+    for c, r in zip(claims, judge(study, claims)):
         ours_a = r["a_seed_mean"] if not np.isfinite(r["a_seed_sd"]) else (r["a_seed_mean"], r["a_seed_sd"])
         ours_b = r["b_seed_mean"] if not np.isfinite(r["b_seed_sd"]) else (r["b_seed_mean"], r["b_seed_sd"])
-        rows.append([metric[0].upper() + metric[1:], float(paper[0]) if paper[1] is None else (paper[0], paper[1]),
-                     float(paper[2]) if paper[3] is None else (paper[2], paper[3]), _fmt_p(paper[4]),
-                     ours_a, ours_b, f"{r['diff']:.2f} [{r['ci_lo']:.2f}, {r['ci_hi']:.2f}]", _fmt_p(r["p_adj"]),
-                     r["verdict"]])
-    return markdown_table(["MAD (cGy)", "paper: MSE", "paper: SL γ=100", "paper: p", "ours: MSE", "ours: SL γ=100",
-                           "ours: median difference [95 % CI]", "ours: p (Holm)", "verdict"], rows)
+        test = [f"{r['diff']:.2f} [{r['ci_lo']:.2f}, {r['ci_hi']:.2f}]", _fmt_p(r["p_adj"]), r["verdict"]]
+        metric = c.metric[4:] if c.metric.startswith("MAD ") else c.metric
+        if _source(study) == "openkbp":
+            rows.append([metric, f"{c.b} vs {c.a}", c.direction, ours_a, ours_b] + test)
+            continue
+        pa, sa, pb, sb, p = _paper_pair(c)
+        rows.append([metric[0].upper() + metric[1:], f"{c.b} vs {c.a}", c.direction,
+                     float(pa) if sa is None else (pa, sa), float(pb) if sb is None else (pb, sb), _fmt_p(p),
+                     ours_a, ours_b] + test)
+    tail = ["ours: median difference B − A [95 % CI]", "ours: p (Holm)", "verdict"]
+    if _source(study) == "openkbp":
+        return markdown_table(["metric", "B vs A", "claimed", "ours: A", "ours: B"] + tail, rows)
+    return markdown_table(["metric (cGy)", "B vs A", "claimed", "paper: A", "paper: B", "paper: p", "ours: A",
+                           "ours: B"] + tail, rows)
 
 
 def tables(study) -> dict:
@@ -1026,7 +1356,7 @@ def tables(study) -> dict:
     if src == "phantom":
         out["Table 2 (paper)"] = Markdown("**Bai et al. 2021, Table 2**\n\n" + markdown_table(
             ["ROI", "MSE"] + [arm_label(g) for g in PAPER_GAMMAS], [[r] + list(v) for r, v in PAPER_TABLE2.items()]))
-        if all(c.a in arm_names and c.b in arm_names for c in CLAIMS):
+        if claims_for(study):
             out["Table 3"] = Markdown(_claims_table(study))
         sl = arm_label(100.0)
         cols = [MSE_ARM] + [a for a in (sl, best) if a in arm_names and a != MSE_ARM]
@@ -1044,49 +1374,158 @@ def tables(study) -> dict:
         out["OpenKBP scores"] = Markdown("**OpenKBP challenge scores** (Gy, lower is better)\n\n" + markdown_table(
             ["arm", "dose score", "DVH score"], [[a, _cell(sc[a]["dose_score"]), _cell(sc[a]["dvh_score"])]
                                                 for a in arm_names]))
-    val = validation_mad(study)
-    sharp = [a for a in arm_names if a != MSE_ARM]
-    chosen = [min(sharp, key=lambda a, k=k: val[a][k]) for k in range(len(study.seeds))]
-    rows_s = [[a, _cell(val[a]), _cell(t1["rows"]["Inside the body"][a]),
-               f"{chosen.count(a)} of {len(chosen)}" if a != MSE_ARM else "–"] for a in arm_names]
-    out["Selection"] = Markdown(f"**γ chosen on the validation patients**: {best}\n\n" + markdown_table(
-        ["arm", "validation MAD inside the body (cGy)", "test MAD inside the body (cGy)", "chosen in seeds"],
-        rows_s))
+    val, vsd, sel, ep = validation_mad(study), validation_sd(study), selection(study), epochs_trained(study)
+    n = len(study.seeds)
+    rows_s = [[a, _cell(val[a]), _cell(vsd[a]), sel["roi wins"].get(a, "–") if a != MSE_ARM else "–",
+               _cell(t1["rows"]["Inside the body"][a]), int(ep[a][0]) if len(ep[a]) == 1 else _cell(ep[a]),
+               f"{sel['per seed']['like the paper'].count(a)} / {sel['per seed']['by MAD'].count(a)} of {n}"
+               if a != MSE_ARM else "–"] for a in arm_names]
+    out["Selection"] = Markdown(
+        f"**γ chosen on the validation patients**: {sel['like the paper']} by the paper's procedure (lowest "
+        f"error SD inside the body, then the structures won); {sel['by MAD']} by the lowest MAD inside the "
+        f"body.\n\n" + markdown_table(
+            ["arm", "validation MAD inside the body (cGy)", "validation error SD inside the body (cGy)",
+             "structures with the lowest validation MAD", "test MAD inside the body (cGy)", "epochs trained",
+             "chosen in seeds (paper's rule / MAD)"], rows_s))
     return out
 
 
 # ---- figures -----------------------------------------------------------------------------------------------------
+def _band(ax, x, runs, color, label, ls="-"):
+    """Mean over seeds of per-epoch values (runs may differ in length) with a min-max band."""
+    n = max(len(r) for r in runs)
+    v = np.full((len(runs), n), np.nan)
+    for k, r in enumerate(runs):
+        v[k, :len(r)] = r
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, lo, hi = np.nanmean(v, 0), np.nanmin(v, 0), np.nanmax(v, 0)
+    ax.plot(x[:n], mean, color=color, ls=ls, label=label)
+    if len(runs) > 1:
+        ax.fill_between(x[:n], lo, hi, color=color, alpha=0.18, lw=0)
+
+
 def plot_training_curves(study, seed=None, axes=None):
     """Training and validation loss per arm (their Fig. 1), plus the validation MAD inside the body.
 
-    Loss values of different losses are not on the same scale (the sharp loss
-    down-weights voxels), so the third panel shows a common yardstick. ``seed``:
-    which recorded seed to draw (default: the first).
+    With several seeds each line is the mean over the seeds that reached the epoch (early stopping ends seeds
+    at different epochs) and the band their range; ``seed`` draws one recorded seed only. Loss values of
+    different losses are not on the same scale (the sharp loss down-weights voxels), so the third panel shows
+    a common yardstick.
     """
     import matplotlib.pyplot as plt
 
     seeds = study.seeds
-    k = 0 if seed is None else seeds.index(seed) if seed in seeds else None
-    if k is None:
+    if seed is not None and seed not in seeds:
         raise ValueError(f"seed {seed!r} is not in the study (seeds {seeds})")
+    pick = range(len(seeds)) if seed is None else [seeds.index(seed)]
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
-    for arm in study.arms:
-        recs = study.histories(arm)[k]
-        ep = [r["epoch"] for r in recs]
-        get = lambda key: [np.nan if r.get(key) is None else r[key] for r in recs]  # noqa: E731
-        line, = axes[0].plot(ep, get("train_loss"), label=arm)
-        axes[1].plot(ep, get("val_loss"), color=line.get_color(), label=arm)
-        axes[2].plot(ep, get("val_mad_body_cgy"), color=line.get_color(), label=arm)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, arm in enumerate(study.arms):
+        recs = [study.histories(arm)[k] for k in pick]
+        get = lambda key: [[np.nan if r.get(key) is None else r[key] for r in rs] for rs in recs]  # noqa: E731
+        x = np.arange(1, max(len(r) for r in recs) + 1)
+        c = colors[j % len(colors)]
+        for ax, key in zip(axes, ("train_loss", "val_loss", "val_mad_body_cgy")):
+            _band(ax, x, get(key), c, arm)
+    n = len(pick)
     for ax, t in zip(axes, ("training loss", "validation loss", "validation MAD inside the body")):
         ax.set_xlabel("epoch")
-        ax.set_title(t)
+        ax.set_title(t + (f" ({n} seeds: mean, range)" if n > 1 else ""), fontsize=9)
     axes[0].set_ylabel("loss (normalised dose²)")
     axes[1].set_ylabel("loss (normalised dose²)")
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
     axes[2].set_ylabel("MAD (cGy)")
-    axes[2].legend(fontsize=8)
+    axes[2].legend(fontsize=7)
+    return axes
+
+
+def plot_mad_vs_gamma(study, axes=None, paper: bool = True):
+    """MAD (cGy) against γ inside the body, in the PTV and in each organ: mean over seeds with their range.
+
+    Each panel draws the sharp-loss arms at their γ (log axis) and the MSE as a horizontal line; with several
+    seeds a band shows the range over seeds (Table 1's pooled MAD inside the body; Table 2's mean over test
+    cases per structure). ``paper=True`` adds Bai et al.'s values (their clinical patients, Tables 1 and 2)
+    in grey for breast studies.
+    """
+    import matplotlib.pyplot as plt
+
+    sharp = [a for a in study.arms if a != MSE_ARM]
+    if not sharp:
+        raise ValueError("no sharp-loss arm in the study")
+    gam = np.array([float(a.split("=")[1]) for a in sharp])
+    order = np.argsort(gam)
+    gam, sharp = gam[order], [sharp[k] for k in order]
+    t1, t2 = table1(study), table2(study)
+    regions = {"Inside the body": t1["rows"]["Inside the body"], **t2}
+    if axes is None:
+        ncol = min(3, len(regions))
+        nrow = -(-len(regions) // ncol)
+        _, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), layout="constrained", squeeze=False)
+    axes = np.asarray(axes).ravel()
+    src = _source(study)
+    xs = np.where(gam > 0, gam, np.nan)
+    for ax, (name, per_arm) in zip(axes, regions.items()):
+        v = np.array([per_arm[a] for a in sharp])            # (arms, seeds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            m = np.nanmean(v, 1)
+        ax.plot(xs, m, "o-", color="tab:red", label="sharp loss (ours)")
+        if v.shape[1] > 1:
+            ax.fill_between(xs, np.nanmin(v, 1), np.nanmax(v, 1), color="tab:red", alpha=0.2, lw=0)
+        if MSE_ARM in per_arm:
+            mse = np.asarray(per_arm[MSE_ARM], float)
+            ax.axhline(float(np.nanmean(mse)), color="k", ls="--", lw=1, label="MSE (ours)")
+            if mse.size > 1:
+                ax.axhspan(float(np.nanmin(mse)), float(np.nanmax(mse)), color="k", alpha=0.08, lw=0)
+        if paper and src == "phantom":
+            ref = PAPER_TABLE1.get(name) if name == "Inside the body" else PAPER_TABLE2.get(name)
+            if ref is not None:
+                ax.plot(PAPER_GAMMAS, ref[1:], "s:", color="0.55", ms=4, label="sharp loss (Bai et al.)")
+                ax.axhline(ref[0], color="0.55", ls=":", lw=1, label="MSE (Bai et al.)")
+        ax.set_xscale("log")
+        ax.set_xlabel("γ")
+        ax.set_ylabel("MAD (cGy)")
+        ax.set_title(name, fontsize=10)
+    for ax in axes[len(regions):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    return axes
+
+
+def plot_weight_map(dose_gy, body, spacing, gammas=(25.0, 100.0, 500.0), masks=None, axes=None):
+    """One patient's true dose and the sharp-loss weight :math:`w_\\gamma(D)` of every voxel (Eq. 4) for each γ.
+
+    ``dose_gy`` and ``body`` are one 2D slice (Gy, bool), ``spacing`` its pixel size (mm). The weight is
+    :func:`rtlearn.losses.sharp.sharp_weight` of the dose divided by 60 Gy; the body outline is drawn on every
+    panel, in the image's own coordinates (mm).
+    """
+    import matplotlib.pyplot as plt
+
+    from ..losses.sharp import sharp_weight
+
+    d = check_dose(dose_gy)
+    b = check_mask(body, d.shape, name="body")
+    if d.ndim != 2:
+        raise ValueError(f"plot_weight_map draws one 2D slice, got shape {d.shape}")
+    if axes is None:
+        _, axes = plt.subplots(1, 1 + len(gammas), figsize=(3.6 * (1 + len(gammas)), 3.4), layout="constrained")
+    dy, dx = (float(s) for s in spacing)
+    plotting.dose_slice(axes[0], d, {"body": b, **(masks or {})}, spacing=(dy, dx), title="true dose",
+                        legend=False)
+    extent = (0, d.shape[1] * dx, d.shape[0] * dy, 0)
+    yy, xx = (np.arange(d.shape[0]) + 0.5) * dy, (np.arange(d.shape[1]) + 0.5) * dx
+    for ax, g in zip(axes[1:], gammas):
+        w = sharp_weight(d / NORM_GY, float(g))
+        im = ax.imshow(w, cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest")
+        ax.contour(xx, yy, b.astype(float), levels=[0.5], colors="c", linewidths=0.8)
+        frac = float(np.mean(w[b] >= 0.99)) * 100
+        ax.set_title(f"γ = {g:g}: weight ≥ 0.99 in {frac:.0f} % of the body", fontsize=9)
+        ax.set_xlabel("x (mm)")
+        ax.set_ylabel("y (mm)")
+        ax.figure.colorbar(im, ax=ax, shrink=0.8, label="weight $w_\\gamma$")
     return axes
 
 

@@ -11,6 +11,9 @@ Conventions
   blocks are **uneven**: index ``i`` belongs to block ``floor(i K / n)``, so block
   sizes differ by at most one voxel and no block is empty (no zero padding).
   ``K`` larger than the axis length raises ``ValueError``.
+* Precision: ``pred`` is cast to float32 (float64 when ``pred`` or a floating
+  ``target`` is float64) before the softmax and every sum, so float16/bfloat16
+  inputs and autocast outputs give float32-accurate losses.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import numbers
 
 import torch
 
-from ._checks import check_choice, check_tensor
+from ._checks import accumulation_dtype, check_choice, check_tensor
 
 REDUCTIONS = {"mean", "sum", "none"}
 REGION_REDUCTIONS = {"sum", "mean", "none"}
@@ -38,6 +41,8 @@ def prepare(pred, target, softmax: bool = False, include_background: bool = True
     check_tensor(pred, "pred")
     if pred.dim() < 3:
         raise ValueError(f"pred must be B x C x spatial (>= 3 axes), got shape {tuple(pred.shape)}")
+    in_dtype = pred.dtype
+    pred = upcast(pred, target)
     B, C = pred.shape[:2]
     spatial = tuple(pred.shape[2:])
     if validate:
@@ -59,7 +64,8 @@ def prepare(pred, target, softmax: bool = False, include_background: bool = True
             if require_simplex:
                 s = p.detach().sum(1)
                 dev = float((s - 1).abs().max())
-                if dev > SIMPLEX_TOL:
+                # half-precision probabilities are rounded: allow one rounding step per class
+                if dev > max(SIMPLEX_TOL, C * torch.finfo(in_dtype).eps):
                     raise ValueError(
                         f"pred must sum to 1 over the class axis (dim 1); max deviation {dev:.3g}. "
                         f"Apply softmax first or pass softmax=True"
@@ -70,6 +76,12 @@ def prepare(pred, target, softmax: bool = False, include_background: bool = True
             raise ValueError("include_background=False needs at least 2 channels")
         p, g = p[:, 1:], g[:, 1:]
     return p, g
+
+
+def upcast(pred: torch.Tensor, target=None) -> torch.Tensor:
+    """``pred`` in the accumulation dtype: float32, or float64 if ``pred`` or a floating ``target`` is float64."""
+    t = target if isinstance(target, torch.Tensor) and torch.is_floating_point(target) else None
+    return pred.to(accumulation_dtype(pred, t))
 
 
 def one_hot_target(target, B, C, spatial, dtype, validate: bool = True):

@@ -13,13 +13,27 @@ computed **per batch element** (one patient = one volume) and then averaged over
 the elements whose mask is not empty, as OpenKBP's dose score averages per
 patient (``batch_reduction="sample"``, the default); ``batch_reduction="voxel"``
 pools every mask voxel of the batch instead.
+
+Sums and voxel counts are accumulated in float32 (float64 for float64 input),
+whatever the input dtype, so float16/bfloat16 predictions (mixed precision) give
+the same loss as float32 ones. ``target`` is a reference dose: NaN, infinite or
+negative values raise ``ValueError``; ``pred`` may be negative.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_finite, check_same_shape, check_tensor, voxel_mask, zero_loss
+from ._checks import (
+    accumulation_dtype,
+    check_choice,
+    check_finite,
+    check_reference_dose,
+    check_same_shape,
+    check_tensor,
+    voxel_mask,
+    zero_loss,
+)
 
 __all__ = ["masked_mse", "masked_mae", "MaskedMSELoss", "MaskedMAELoss"]
 
@@ -51,7 +65,9 @@ def _check(pred, target):
     if pred.dim() < 2:
         raise ValueError(f"pred must have a batch axis (shape B x ...), got shape {tuple(pred.shape)}")
     check_finite(pred, "pred")
-    check_finite(target, "target")
+    check_reference_dose(target, "target")
+    dtype = accumulation_dtype(pred, target)
+    return pred.to(dtype), target.to(dtype)
 
 
 def masked_mse(pred, target, mask=None, batch_reduction: str = "sample"):
@@ -73,9 +89,9 @@ def masked_mse(pred, target, mask=None, batch_reduction: str = "sample"):
     Returns
     -------
     torch.Tensor
-        Scalar loss (Gy^2). If every mask is empty the loss is 0 (still connected to the graph).
+        Scalar loss (Gy^2), float32 (float64 for float64 input). If every mask is empty the loss is 0 (still connected to the graph).
     """
-    _check(pred, target)
+    pred, target = _check(pred, target)
     return _masked_mean((pred - target) ** 2, mask, batch_reduction)
 
 
@@ -94,7 +110,7 @@ def masked_mae(pred, target, mask=None, batch_reduction: str = "sample"):
     torch.Tensor
         Scalar loss (Gy).
     """
-    _check(pred, target)
+    pred, target = _check(pred, target)
     return _masked_mean((pred - target).abs(), mask, batch_reduction)
 
 

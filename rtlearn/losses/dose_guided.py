@@ -42,6 +42,13 @@ number of mask voxels instead.
 paper compares against (nnU-Net's soft Dice, :math:`1 - (2\sum pg + s)/(\sum p
 + \sum g + s)`, computed over the whole batch as in the reference code).
 
+**Precision.** The probabilities are cast to the dtype of the predictor's
+parameters before they enter it (so a float16/bfloat16 segmentation can drive a
+float32 predictor, and the reverse), and every loss here squares, sums and
+averages in float32 (float64 when an input is float64). Both doses of the dose
+term are outputs of the same network, so they are predictions: they must be
+finite but may be negative.
+
 Input channels of the predictor are assembled as ``[target, OARs..., CT]`` by
 default (``order`` changes it; the reference code uses ``("ct", "oars",
 "target")``). Shapes: segmentation ``B x 1 x spatial`` (2D or 3D), OARs ``B x K
@@ -56,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import as_bool_mask, check_choice, check_finite, check_tensor
+from ._checks import accumulation_dtype, as_bool_mask, check_choice, check_finite, check_tensor
 
 __all__ = [
     "DEFAULT_ORDER", "freeze", "expected_in_channels", "assemble_dose_input", "predict_dose", "true_target_dose",
@@ -109,6 +116,19 @@ def _check_frozen(predictor: nn.Module) -> None:
     if any(p.requires_grad for p in predictor.parameters()):
         raise ValueError("the dose predictor has parameters with requires_grad=True; the DOSELO gradient must not "
                          "reach it (call rtlearn.losses.dose_guided.freeze(predictor) or Trainer(frozen=[predictor]))")
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the accumulation dtype (float32, or float64 for float64 input)."""
+    return x.to(accumulation_dtype(x)) if isinstance(x, torch.Tensor) and torch.is_floating_point(x) else x
+
+
+def _predictor_dtype(predictor: nn.Module, default: torch.dtype) -> torch.dtype:
+    """Floating dtype of the predictor's first floating parameter (or buffer); ``default`` if it has none."""
+    for t in list(predictor.parameters()) + list(predictor.buffers()):
+        if torch.is_floating_point(t):
+            return t.dtype
+    return default
 
 
 def _final(out):
@@ -243,8 +263,7 @@ def true_target_dose(predictor: nn.Module, target, oars=None, ct=None, dose_mask
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     tgt = target if target.dim() >= 3 and target.shape[1] == 1 else target.unsqueeze(1)
-    param = next(predictor.parameters(), None)
-    dtype = param.dtype if param is not None and torch.is_floating_point(param) else torch.float32
+    dtype = _predictor_dtype(predictor, torch.float32)
     like = torch.empty(tgt.shape, dtype=dtype, device=tgt.device)
     t = _target(tgt, like).to(dtype)
     m = _dose_mask(dose_mask, like)
@@ -309,27 +328,32 @@ def dose_segmentation_loss(prob, target, predictor: nn.Module, oars=None, ct=Non
     t = _target(target, prob)
     m = _dose_mask(dose_mask, prob)
     _check_frozen(predictor)
+    pdtype = _predictor_dtype(predictor, prob.dtype)
     if true_dose is None:
-        x = assemble_dose_input(t.to(prob.dtype), oars, ct, order)
+        x = assemble_dose_input(t.to(pdtype), oars, ct, order)
         _check_channels(predictor, x, oars, ct)
         with torch.no_grad():
             d_true = predict_dose(predictor, x, m)
     else:
         check_tensor(true_dose, "true_dose")
+        check_finite(true_dose, "true_dose")
         d_true = true_dose.detach()
     if hard:
         with torch.no_grad():
-            x_hat = assemble_dose_input((prob >= threshold).to(prob.dtype), oars, ct, order)
+            x_hat = assemble_dose_input((prob >= threshold).to(pdtype), oars, ct, order)
             _check_channels(predictor, x_hat, oars, ct)
             d_hat = predict_dose(predictor, x_hat, m)
     else:
-        x_hat = assemble_dose_input(prob, oars, ct, order)
+        x_hat = assemble_dose_input(prob.to(pdtype), oars, ct, order)
         _check_channels(predictor, x_hat, oars, ct)
         d_hat = predict_dose(predictor, x_hat, m)
     if tuple(d_true.shape) != tuple(d_hat.shape):
         raise ValueError(f"true_dose has shape {tuple(d_true.shape)} but the predicted dose has shape "
                          f"{tuple(d_hat.shape)}")
-    sq = (d_true - d_hat) ** 2
+    if not torch.is_floating_point(d_hat):
+        raise TypeError(f"the dose predictor must return a floating-point dose, got dtype {d_hat.dtype}")
+    dtype = accumulation_dtype(d_true, d_hat)
+    sq = (d_true.to(dtype) - d_hat.to(dtype)) ** 2
     if average == "mask" and m is not None:
         n = int(m.sum()) * sq.shape[1]
         return sq.sum() / max(n, 1)
@@ -351,6 +375,7 @@ def binary_cross_entropy(pred, target, *, logits: bool = True, pos_weight=None) 
     ``pos_weight`` :math:`w` weights the foreground term (the DOSELO code uses 2).
     """
     pred = _seg(pred, "pred")
+    pred = pred.to(accumulation_dtype(pred))
     g = _target(target, pred).to(pred.dtype)
     if pos_weight is not None:
         if isinstance(pos_weight, bool) or not isinstance(pos_weight, numbers.Real) or not pos_weight > 0:
@@ -360,9 +385,10 @@ def binary_cross_entropy(pred, target, *, logits: bool = True, pos_weight=None) 
         return F.binary_cross_entropy_with_logits(pred, g, pos_weight=pw)
     _check_prob(pred, "pred")
     w = 1.0 if pos_weight is None else float(pos_weight)
-    # log clamped at -100 as torch.nn.functional.binary_cross_entropy does
-    lp = torch.log(pred).clamp_min(-100.0)
-    lq = torch.log1p(-pred).clamp_min(-100.0)
+    # log clamped at -100 as torch.nn.functional.binary_cross_entropy does; at p = 0 or 1 exactly (a rounded
+    # probability) the clamped term is a constant, so its gradient is 0, not 0 * inf = NaN
+    lp = torch.where(pred > 0, torch.log(torch.where(pred > 0, pred, 1.0)).clamp_min(-100.0), -100.0)
+    lq = torch.where(pred < 1, torch.log1p(-torch.where(pred < 1, pred, 0.0)).clamp_min(-100.0), -100.0)
     return -(w * g * lp + (1 - g) * lq).mean()
 
 
@@ -377,6 +403,7 @@ def soft_dice_loss(prob, target, *, batch_dice: bool = True, smooth: float = 1e-
     _check_prob(prob, "prob")
     if isinstance(smooth, bool) or not isinstance(smooth, numbers.Real) or not smooth >= 0:
         raise ValueError(f"smooth must be a number >= 0, got {smooth!r}")
+    prob = prob.to(accumulation_dtype(prob))
     g = _target(target, prob).to(prob.dtype)
     dims = tuple(range(prob.dim())) if batch_dice else tuple(range(1, prob.dim()))
     tp = (prob * g).sum(dims)
@@ -389,7 +416,7 @@ def bce_soft_dice_loss(pred, target, *, logits: bool = True, pos_weight=None, ba
                        smooth: float = 1e-5) -> torch.Tensor:
     """The baseline of Rüfenacht et al. 2023: :math:`L_{BCE} + L_{SoftDice}` (nnU-Net's combination)."""
     bce = binary_cross_entropy(pred, target, logits=logits, pos_weight=pos_weight)
-    prob = torch.sigmoid(pred) if logits else pred
+    prob = torch.sigmoid(_up(pred)) if logits else pred
     return bce + soft_dice_loss(prob, target, batch_dice=batch_dice, smooth=smooth)
 
 
@@ -421,9 +448,9 @@ def dose_guided_loss(pred, target, predictor: nn.Module, oars=None, ct=None, dos
     pred = _seg(pred, "pred")
     bce = binary_cross_entropy(pred, target, logits=logits, pos_weight=pos_weight)
     if lam == 0:
-        dsl = torch.zeros((), dtype=pred.dtype, device=pred.device)
+        dsl = torch.zeros((), dtype=bce.dtype, device=pred.device)
     else:
-        prob = torch.sigmoid(pred) if logits else pred
+        prob = torch.sigmoid(_up(pred)) if logits else pred
         dsl = dose_segmentation_loss(prob, target, predictor, oars, ct, dose_mask, hard=hard, threshold=threshold,
                                      true_dose=true_dose, average=average, order=order)
     total = bce + lam * dsl
@@ -617,7 +644,7 @@ class StraightThroughDoseGuidedLoss(nn.Module):
         bce = binary_cross_entropy(pred, batch["target"])
         if self.lam == 0:
             return bce
-        st = straight_through(torch.sigmoid(pred), self.threshold)
+        st = straight_through(torch.sigmoid(_up(pred)), self.threshold)
         dsl = dose_segmentation_loss(st, batch["target"], self.predictor, batch["oars"], batch["ct"],
                                      batch["dose_mask"], true_dose=batch.get("true_dose"))
         return bce + self.lam * dsl
@@ -642,8 +669,9 @@ def surrogate_guided_loss(logits, batch: dict, surrogate: nn.Module, lam: float 
     scale = surrogate.scale_for(t, case)
     with torch.no_grad():
         ref = surrogate(t, case, scale=scale)
-    d_hat = surrogate(torch.sigmoid(logits), case, scale=scale)
-    return bce + float(lam) * ((d_hat - ref.to(d_hat.dtype)) ** 2).mean()
+    d_hat = surrogate(torch.sigmoid(_up(logits)), case, scale=scale)
+    dtype = accumulation_dtype(d_hat, ref)
+    return bce + float(lam) * ((d_hat.to(dtype) - ref.to(dtype)) ** 2).mean()
 
 
 class SurrogateGuidedLoss(nn.Module):

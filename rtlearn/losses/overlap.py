@@ -12,6 +12,11 @@ Note on Eq. (9) of Chen et al.: it sums the Dice loss over classes (use
 ``reduction="sum"`` with batch size 1 for that) and writes the cross-entropy as
 a sum over voxels; we average the cross-entropy over voxels (the usual
 convention), so that ``lam`` does not scale with the volume size.
+
+Every sum is taken in float32 (float64 for float64 input): float16/bfloat16
+probabilities or logits (mixed precision) are cast up first, so that voxel
+counts above 65,504 and class weights :math:`1/(\\sum g)^2` stay exact enough.
+The returned losses are float32 (float64 for float64 input).
 """
 from __future__ import annotations
 
@@ -76,6 +81,7 @@ def dice_loss(pred, target, *, softmax: bool = False, include_background: bool =
 
 
 def _ce_from(pred, g, softmax, eps, reduction):
+    pred = pred.to(g.dtype)  # the accumulation dtype chosen by prepare
     if softmax:
         logp = torch.log_softmax(pred, dim=1)
     else:

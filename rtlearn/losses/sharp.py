@@ -16,6 +16,11 @@ the many voxels outside the body no longer dominate the loss.
 
 The weight is a function of the ground truth only: it is treated as a constant
 (no gradient flows through it, and the target needs none).
+
+The loss is computed and reduced in float32 (float64 for float64 input) whatever
+the input dtype (float16, bfloat16 or autocast outputs). The true dose is a
+reference dose: NaN, infinite or negative values raise ``ValueError``; the
+prediction may be negative. ``shift`` must be a finite number.
 """
 from __future__ import annotations
 
@@ -25,9 +30,12 @@ import torch
 from torch import nn
 
 from ._checks import (
+    accumulation_dtype,
     check_finite,
     check_nonnegative_number,
     check_positive_number,
+    check_real_number,
+    check_reference_dose,
     check_same_shape,
     check_tensor,
     voxel_mask,
@@ -57,16 +65,41 @@ def sharp_weight(dose, gamma: float = 100.0, shift: float = 0.03):
 
     Returns
     -------
-    Same type as ``dose``: the weight in (0, 1).
+    Same type as ``dose``: the weight in (0, 1) (a tensor keeps its floating
+    dtype; an integer tensor gives float32; NumPy input gives float64).
+
+    Raises
+    ------
+    TypeError
+        ``dose`` is boolean or not numeric.
+    ValueError
+        ``dose`` holds NaN, infinite or negative values; ``gamma`` or ``shift`` is invalid.
     """
     gamma = check_nonnegative_number(gamma, "gamma")
+    shift = check_real_number(shift, "shift")
     if isinstance(dose, torch.Tensor):
+        if dose.dtype == torch.bool or dose.is_complex():
+            raise TypeError(f"dose must be a real numeric tensor of normalised doses, got dtype {dose.dtype}")
+        if not torch.is_floating_point(dose):
+            dose = dose.to(torch.float32)
+        if dose.numel():
+            check_reference_dose(dose, "dose")
         return torch.sigmoid((dose - shift) * gamma)
     import numpy as np
 
     from scipy.special import expit
 
-    return expit((np.asarray(dose, dtype=float) - shift) * gamma)
+    from .._validate import as_numpy
+
+    arr = as_numpy(dose, "dose")
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"dose must be a real number or numeric array of normalised doses, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("dose contains NaN or infinite value(s); expected finite normalised doses")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"dose has negative values (min {arr.min():.4g}); a reference dose must be >= 0")
+    return expit((arr - shift) * gamma)
 
 
 def demarcation_dose(gamma: float = 100.0, level: float = 0.99, shift: float = 0.03, norm_cgy: float = 6000.0) -> float:
@@ -98,7 +131,8 @@ def demarcation_dose(gamma: float = 100.0, level: float = 0.99, shift: float = 0
     """
     gamma = check_positive_number(gamma, "gamma")
     norm_cgy = check_positive_number(norm_cgy, "norm_cgy")
-    if not (0.5 < level < 1.0):
+    shift = check_real_number(shift, "shift")
+    if isinstance(level, bool) or not (0.5 < level < 1.0):
         raise ValueError(f"level must lie in (0.5, 1), got {level!r}")
     return (shift + math.log(level / (1.0 - level)) / gamma) * norm_cgy
 
@@ -108,9 +142,11 @@ def _prepare(pred, target, gamma, mask, shift, norm):
     check_tensor(target, "target")
     check_same_shape(pred, target, "pred", "target")
     gamma = check_nonnegative_number(gamma, "gamma")
+    shift = check_real_number(shift, "shift")
     check_finite(pred, "pred")
-    check_finite(target, "target")
-    target = target.detach()
+    check_reference_dose(target, "target")
+    dtype = accumulation_dtype(pred, target)
+    pred, target = pred.to(dtype), target.detach().to(dtype)
     if norm is not None:
         norm = check_positive_number(norm, "norm")
         pred = pred / norm
@@ -124,7 +160,7 @@ def _prepare(pred, target, gamma, mask, shift, norm):
                 f"norm=60.0 for doses in Gy (norm=6000.0 for cGy)."
             )
     m = None if mask is None else voxel_mask(mask, pred.shape, "mask")
-    return pred, target, gamma, m
+    return pred, target, gamma, m, shift
 
 
 def sharp_loss(pred, target, gamma: float = 100.0, mask=None, shift: float = 0.03, norm: float | None = None):
@@ -155,9 +191,10 @@ def sharp_loss(pred, target, gamma: float = 100.0, mask=None, shift: float = 0.0
     Returns
     -------
     torch.Tensor
-        Scalar loss. The weight is computed from ``target`` and carries no gradient.
+        Scalar loss, float32 (float64 for float64 input). The weight is computed
+        from ``target`` and carries no gradient.
     """
-    pred, target, gamma, m = _prepare(pred, target, gamma, mask, shift, norm)
+    pred, target, gamma, m, shift = _prepare(pred, target, gamma, mask, shift, norm)
     w = torch.sigmoid((target - shift) * gamma)
     sq = w * (pred - target) ** 2
     if m is None:
@@ -185,19 +222,22 @@ def sharp_loss_grad(pred, target, gamma: float = 100.0, mask=None, shift: float 
     Returns
     -------
     torch.Tensor
-        Gradient, same shape as ``pred`` (no graph attached).
+        Gradient, same shape and dtype as ``pred`` (no graph attached), computed in float32
+        (float64 for float64 input).
     """
+    check_tensor(pred, "pred")
+    out_dtype = pred.dtype
     pred = pred.detach()
     scale = 1.0 if norm is None else 1.0 / check_positive_number(norm, "norm")
-    p, t, gamma, m = _prepare(pred, target, gamma, mask, shift, norm)
+    p, t, gamma, m, shift = _prepare(pred, target, gamma, mask, shift, norm)
     w = torch.sigmoid((t - shift) * gamma)
     g = 2.0 * w * (p - t) * scale
     if m is None:
-        return g / p.numel()
+        return (g / p.numel()).to(out_dtype)
     n = int(m.sum())
     if n == 0:
-        return torch.zeros_like(p)
-    return torch.where(m, g, torch.zeros((), dtype=g.dtype)) / n
+        return torch.zeros_like(pred)
+    return (torch.where(m, g, torch.zeros((), dtype=g.dtype, device=g.device)) / n).to(out_dtype)
 
 
 class SharpLoss(nn.Module):
@@ -218,8 +258,8 @@ class SharpLoss(nn.Module):
     def __init__(self, gamma: float = 100.0, shift: float = 0.03, norm: float | None = None):
         super().__init__()
         self.gamma = check_nonnegative_number(gamma, "gamma")
-        self.shift = float(shift)
-        self.norm = norm
+        self.shift = check_real_number(shift, "shift")
+        self.norm = None if norm is None else check_positive_number(norm, "norm")
 
     def forward(self, pred, target, mask=None):
         return sharp_loss(pred, target, self.gamma, mask=mask, shift=self.shift, norm=self.norm)

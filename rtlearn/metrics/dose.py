@@ -29,7 +29,7 @@ def mad(pred, ref, mask=None) -> float:
     r"""Mean absolute difference :math:`\frac{1}{|R|}\sum_{i\in R}|\hat D_i - D_i|` over ``mask`` (all voxels if None).
 
     Units are those of the doses. Raises if the shapes differ, a dose is NaN
-    or the reference is negative, or the mask is empty.
+    or the reference is negative (the prediction may be negative), or the mask is empty.
 
     Examples
     --------
@@ -82,9 +82,13 @@ def mean_gradient_by_band(ref, spacing, edges=DOSE_BANDS_CGY, mask=None) -> dict
 
     The gradient is computed with central differences (:func:`numpy.gradient`)
     using the voxel ``spacing`` in mm, as in the last row of Table 1 of Bai et
-    al. 2021 (cGy/mm when the dose is in cGy).
+    al. 2021 (cGy/mm when the dose is in cGy). Every axis needs at least two
+    voxels (a 2D slice is passed as a 2D array, not as ``1 x H x W``).
     """
     r = check_dose(ref, "reference")
+    if min(r.shape) < 2:
+        raise ValueError(f"reference has shape {r.shape}; the dose gradient needs at least 2 voxels along every "
+                         "axis (squeeze axes of length 1 and pass the matching spacing)")
     sp = check_spacing(spacing, r.ndim)
     grads = np.gradient(r, *sp)
     mag = np.sqrt(sum(g**2 for g in (grads if r.ndim > 1 else [grads])))

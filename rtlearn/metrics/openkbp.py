@@ -174,11 +174,16 @@ def dvh_score(pred, ref, rois, voxel_dims) -> float:
         Predicted and reference doses (Gy), one patient or a list of patients.
     rois : mapping or list of mappings
         ROI name -> mask, per patient.
-    voxel_dims : sequence of 3 floats, or a list of them
-        Voxel size (mm) per patient (one triple is used for every patient).
+    voxel_dims : sequence of 3 floats, or one per patient
+        Voxel size (mm): one triple, used for every patient, or one triple per
+        patient as a list of triples or an ``(N, 3)`` array.
     """
     preds, refs, roi_list = _as_list(pred), _as_list(ref), _as_list(rois)
-    if isinstance(voxel_dims, (list, tuple)) and len(voxel_dims) and np.ndim(voxel_dims[0]) == 1:
+    if not isinstance(voxel_dims, (list, tuple)):
+        voxel_dims = as_numpy(voxel_dims, "voxel_dims")
+    if isinstance(voxel_dims, np.ndarray) and voxel_dims.ndim == 2:
+        vds = list(voxel_dims)
+    elif isinstance(voxel_dims, (list, tuple)) and len(voxel_dims) and np.ndim(voxel_dims[0]) == 1:
         vds = list(voxel_dims)
     else:
         vds = [voxel_dims] * len(preds)

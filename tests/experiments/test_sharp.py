@@ -48,10 +48,12 @@ def test_config_rejects_bad_values(kw):
 def test_profiles(monkeypatch):
     q = sharp.default_config("quick")   # today's quick sizes
     assert (q.dims, q.n_train, q.n_val, q.n_test, q.epochs, q.gammas) == (2, 32, 8, 10, 30, (25.0, 100.0, 500.0))
-    assert (q.depth, q.width, q.batch_size, q.lr, q.early_stopping, q.data_seed) == (4, 16, 2, 1e-3, None, 0)
+    assert (q.depth, q.width, q.batch_size, q.lr, q.early_stopping, q.data_seed) == (4, 8, 4, 1e-3, 10, 0)
     s = sharp.default_config("study")
     assert s.dims == 2 and s.early_stopping is not None and s.epochs > q.epochs
-    assert {50.0, 100.0} <= set(s.gammas) <= set(sharp.PAPER_GAMMAS)
+    assert s.gammas == sharp.PAPER_GAMMAS            # the paper's whole sweep
+    for c in (q, s):                                 # the paper's schedule: x0.1 after 5 epochs, down to 1e-7
+        assert (c.plateau_factor, c.plateau_patience, c.plateau_min_lr) == (0.1, 5, 1e-7)
     assert s.n_train > q.n_train and s.n_test >= 20 and (s.depth, s.width) == (q.depth, q.width)
     f = sharp.default_config("full")
     assert f.dims == 3 and f.n_train + f.n_val == 100 and f.n_test == 10 and f.gammas == sharp.PAPER_GAMMAS
@@ -64,8 +66,8 @@ def test_profiles(monkeypatch):
         sharp.default_config("huge")
     with pytest.raises(ValueError, match="unknown Config field"):
         sharp.default_config(train_seed=1)
-    with pytest.raises(ValueError, match="no study profile"):
-        sharp.default_config("study", source="openkbp")
+    o = sharp.default_config("study", source="openkbp")
+    assert (o.dims, o.downsample, o.gammas) == (2, 2, sharp.PAPER_GAMMAS) and o.n_train == 200 and o.n_test == 100
 
 
 def test_arms_are_the_papers_losses():
@@ -109,11 +111,24 @@ def test_paper_constants_and_claims():
     assert set(sharp.PAPER_TABLE2) == set(sharp.PAPER_TABLE3) == set(sharp.ROI_LABELS.values())
     assert sharp.PAPER_TABLE2["Contralateral lung"][0] == sharp.PAPER_TABLE3["Contralateral lung"][0]
     # the claims: gamma = 100 below the MSE inside the body and in each ROI, with the paper's differences
-    assert [c.metric for c in sharp.CLAIMS] == ["MAD inside the body"] + [f"MAD {r}" for r in sharp.PAPER_TABLE3]
-    assert all((c.a, c.b, c.direction) == ("MSE", "SL γ=100", "lower") for c in sharp.CLAIMS)
+    first = sharp.CLAIMS[:6]
+    assert [c.metric for c in first] == ["MAD inside the body"] + [f"MAD {r}" for r in sharp.PAPER_TABLE3]
+    assert all((c.a, c.b, c.direction) == ("MSE", "SL γ=100", "lower") for c in first)
     assert sharp.CLAIMS[0].paper == pytest.approx(154.15 - 186.55)
     assert sharp.CLAIMS[1].paper == pytest.approx(144.15 - 318.87)
-    assert all(c.paper < 0 for c in sharp.CLAIMS)
+    # gamma = 100 best: its error SD inside the body below every other gamma's (Table 1, last row)
+    best = sharp.CLAIMS[6:11]
+    assert [c.a for c in best] == [sharp.arm_label(g) for g in (1, 25, 50, 250, 500)]
+    assert all((c.metric, c.b, c.direction) == ("error SD inside the body", "SL γ=100", "lower") for c in best)
+    assert best[0].paper == pytest.approx(228.79 - 254.86) and best[-1].paper == pytest.approx(228.79 - 555.69)
+    # large gamma worse: 250 and 500 above 100 inside the body
+    large = sharp.CLAIMS[11:]
+    assert [(c.a, c.b, c.direction) for c in large] == [("SL γ=100", "SL γ=250", "higher"),
+                                                         ("SL γ=100", "SL γ=500", "higher")]
+    assert large[1].paper == pytest.approx(426.26 - 154.15)
+    # in the paper's own numbers every difference has the claimed sign
+    assert all((c.paper < 0) == (c.direction == "lower") for c in sharp.CLAIMS)
+    assert sorted(i for g in sharp.CLAIM_GROUPS.values() for i in g) == [0, 1] + list(range(6, 13))
 
 
 # ---- per-case metrics and tables against independent computations on hand-made predictions ------------------
@@ -144,6 +159,9 @@ def _fake_study(seeds=(0,)):
             per = [sharp.case_metrics(p[c], ref[c], body[c], masks[c], rx_gy=50.0) for c in range(n)]
             metrics[a] = {k: [pc[k] for pc in per] for k in per[0]}
         extras = {"val_mad_body_cgy": {"MSE": 9.0, "SL γ=100": 5.0 - 2.5 * s, "SL γ=500": 4.0},
+                  "val_sd_body_cgy": {"MSE": 12.0, "SL γ=100": 6.0 - 3.0 * s, "SL γ=500": 5.0},
+                  "val_mad_roi_cgy": {"MSE": {"PTV": 9.0, "Heart": 9.0}, "SL γ=100": {"PTV": 3.0, "Heart": 5.0},
+                                      "SL γ=500": {"PTV": 4.0, "Heart": 4.5}},
                   **sharp.reference_extras(ref, body, masks, rx_gy=50.0, spacings=spacings)}
         records[s] = {"cases": list(range(n)), "metrics": metrics, "history": {a: [] for a in preds},
                       "seconds": {a: 1.0 for a in preds}, "extras": extras}
@@ -210,16 +228,20 @@ def test_tables_2_3_and_selection():
     t2 = sharp.table2(st)
     assert list(t2) == list(sharp.ROI_LABELS.values())
     assert t2["PTV"]["MSE"][0] == pytest.approx(np.mean(direct))
-    rows = {r["metric"]: r for r in judge(st, sharp.CLAIMS)}
+    rows = {r["metric"]: r for r in judge(st, sharp.claims_for(st))}
     heart = [st.metric("MAD Heart", a)[0] for a in ("MSE", "SL γ=100")]
     assert rows["MAD Heart"]["p"] == pytest.approx(scipy.stats.wilcoxon(heart[1] - heart[0]).pvalue)
     assert rows["MAD Spinal cord"]["n_cases"] == 5
     tabs = sharp.tables(st)
     assert list(tabs) == ["Table 1", "Table 1 (paper)", "Table 2", "Table 2 (paper)", "Table 3", "Table 4",
                           "Selection"]
-    assert "| PTV | 318.87 ± 30.23 | 144.15 ± 16.27 | 0.005 |" in tabs["Table 3"]
-    assert f"| Inside the body | {sharp.PAPER_TABLE1['Inside the body'][0]:.2f} |" in tabs["Table 3"]
-    assert "**γ chosen on the validation patients**: SL γ=500" in tabs["Selection"]
+    assert "| PTV | SL γ=100 vs MSE | lower | 318.87 ± 30.23 | 144.15 ± 16.27 | 0.005 |" in tabs["Table 3"]
+    assert f"| Inside the body | SL γ=100 vs MSE | lower | {sharp.PAPER_TABLE1['Inside the body'][0]:.2f} |" \
+        in tabs["Table 3"]
+    # the only claim of the other groups with both arms here: gamma = 500 above gamma = 100 (Table 1 of the paper)
+    assert "| Inside the body | SL γ=500 vs SL γ=100 | higher | 154.15 | 426.26 | – |" in tabs["Table 3"]
+    assert "**γ chosen on the validation patients**: SL γ=500 by the paper's procedure" in tabs["Selection"]
+    assert "SL γ=500 by the lowest MAD" in tabs["Selection"]
     # one seed: our cells are plain numbers; two seeds: mean ± sd over seeds
     assert f"| Inside the body | {float(sharp.table1(st)['rows']['Inside the body']['MSE'][0]):.2f} |" \
         in tabs["Table 1"]
@@ -247,7 +269,7 @@ def test_table4_direct():
 def test_run_record(tiny):
     cfg, data, rec = tiny
     validate_record(rec)
-    assert list(rec["metrics"]) == ["MSE", "SL γ=25", "SL γ=100"] == list(sharp.arms(cfg))
+    assert list(rec["metrics"]) == ["MSE"] + [sharp.arm_label(g) for g in sharp.PAPER_GAMMAS] == list(sharp.arms(cfg))
     assert rec["cases"] == data.test and len(rec["cases"]) == cfg.n_test
     for c in sharp.CLAIMS:   # the claims name arms and metrics the record has
         assert c.a in rec["metrics"] and c.b in rec["metrics"] and c.metric in rec["metrics"][c.a]
@@ -265,6 +287,15 @@ def test_run_record(tiny):
     for arm, hist in rec["history"].items():
         assert len(hist) == cfg.epochs and all(np.isfinite(r["val_mad_body_cgy"]) for r in hist)
         assert np.isfinite(rec["extras"]["val_mad_body_cgy"][arm])
+        assert rec["extras"]["epochs"][arm] == len(hist)
+    # the validation scores of the selection, recomputed from the kept model's validation predictions
+    vref, vbody, vrois = data.arrays(data.val)
+    vpred = sharp.predict(live["models"]["SL γ=100"], data, data.val)
+    err = (vpred - vref)[vbody] * 100
+    assert rec["extras"]["val_mad_body_cgy"]["SL γ=100"] == pytest.approx(np.abs(err).mean())
+    assert rec["extras"]["val_sd_body_cgy"]["SL γ=100"] == pytest.approx(err.std())
+    ptv = vrois[:, list(data.roi_names).index("PTV")]
+    assert rec["extras"]["val_mad_roi_cgy"]["SL γ=100"]["PTV"] == pytest.approx(np.abs(vpred - vref)[ptv].mean() * 100)
     # the per-case MAD of the record is the MAD of the live prediction
     p, r, b = live["predictions"]["SL γ=100"][1], live["reference"][1], live["body"][1]
     assert rec["metrics"]["SL γ=100"]["MAD inside the body"][1] == pytest.approx(np.abs(p - r)[b].mean() * 100)
@@ -298,6 +329,24 @@ def test_figures(tiny):
     plotting.set_style()  # the book's style (constrained layout) must work with every figure
     axes = sharp.plot_training_curves(st)
     assert len(axes[0].lines) == len(st.arms)
+    two = from_runs("sharp", "study", cfg, {0: rec, 1: rec})
+    axes = sharp.plot_training_curves(two)              # two seeds: a band per arm
+    assert len(axes[2].collections) == len(st.arms) and "2 seeds" in axes[0].get_title()
+    axes = sharp.plot_mad_vs_gamma(two)
+    assert axes[0].get_title() == "Inside the body" and axes[0].get_xscale() == "log"
+    gam = np.array([float(a.split("=")[1]) for a in st.arms[1:]])
+    line = axes[0].lines[0]                              # ours: the pooled MAD inside the body of each gamma
+    np.testing.assert_allclose(line.get_xdata(), gam)
+    t1 = sharp.table1(st)["rows"]["Inside the body"]
+    np.testing.assert_allclose(line.get_ydata(), [t1[a][0] for a in st.arms[1:]])
+    live = rec["live"]
+    axes = sharp.plot_weight_map(live["reference"][0], live["body"][0], live["spacing"])
+    assert len(axes) == 4 and "γ = 100" in axes[2].get_title()
+    img = axes[2].images[0].get_array()
+    from rtlearn.losses.sharp import sharp_weight
+    np.testing.assert_allclose(img, sharp_weight(live["reference"][0] / 60.0, 100.0), rtol=1e-6)
+    with pytest.raises(ValueError):
+        sharp.plot_weight_map(live["reference"], live["body"], live["spacing"])   # a stack, not one slice
     with pytest.raises(ValueError, match="seed"):
         sharp.plot_training_curves(st, seed=7)
     ax = sharp.plot_roi_boxplots(st)
@@ -332,13 +381,16 @@ def test_3d_path_smoke(tmp_path):
 
 # ---- OpenKBP (head and neck) --------------------------------------------------------------------------------
 def test_openkbp_config_rules():
-    with pytest.raises(ValueError, match="dims=3"):
-        sharp.Config(source="openkbp", dims=2)
+    with pytest.raises(ValueError, match="slice_step"):
+        sharp.Config(source="phantom", slice_step=2)
+    with pytest.raises(ValueError, match="plateau_min_lr"):
+        sharp.Config(plateau_min_lr=1e-2)
     with pytest.raises(ValueError, match="source"):
         sharp.Config(source="prostate")
     with pytest.raises(ValueError, match="downsample"):
         sharp.Config(dims=3, source="openkbp", downsample=3)
-    assert sharp.default_config("quick", source="openkbp").dims == 3
+    assert sharp.default_config("quick", source="openkbp").dims == 2
+    assert sharp.default_config("full", source="openkbp").dims == 3
     assert sharp.default_config("full", source="openkbp").gammas == sharp.PAPER_GAMMAS
     # targets above organs at risk above the rest of the body above outside
     v = sharp.OPENKBP_ROI_VALUES
@@ -365,16 +417,16 @@ def test_openkbp_end_to_end(shared_data):
     data = sharp.load_data(cfg, progress=False)
     assert isinstance(data, sharp.OpenKBPSharpData)
     assert data.patients(data.train) == ["pt_1", "pt_2"] and data.patients(data.val) == ["pt_201", "pt_202"]
-    assert data.patients(data.test) == ["pt_241", "pt_242", "pt_243"]
+    assert data.patients(data.test) == ["pt_242", "pt_243", "pt_245"]   # pt_241 and pt_244 have no CT here
     rec = sharp.run(cfg, 0, data=data, progress=False)
     validate_record(rec)
     live = rec["live"]
-    assert rec["cases"] == ["pt_241", "pt_242", "pt_243"]
+    assert rec["cases"] == ["pt_242", "pt_243", "pt_245"]
     assert live["predictions"]["SL γ=100"].shape == live["reference"].shape == (3, 32, 32, 32)
     assert tuple(live["roi_names"]) == ROI_NAMES and live["rx_gy"] == 70.0
 
     # reference dose, body and input against the raw archive of the first test patient
-    raw = load_patient("pt_241", "test", root)
+    raw = load_patient("pt_242", "test", root)
     dose = to_zyx(raw["dose_cgy"]).astype(np.float64) / 100.0
     np.testing.assert_allclose(live["reference"][0], _block_mean(dose, 4), rtol=1e-5, atol=1e-4)
     pdm = to_zyx(raw["possible_dose_mask"])
@@ -406,3 +458,94 @@ def test_openkbp_end_to_end(shared_data):
                                                                 list(live["case_spacing"])))
     sharp.plot_sample(rec, 0)
     plt.close("all")
+
+
+# ---- selecting gamma -----------------------------------------------------------------------------------------
+def test_selection_on_the_papers_own_tables():
+    """On Bai et al.'s Table 1 the lowest MAD inside the body picks gamma = 50; their procedure picks 100."""
+    sel = sharp.paper_selection()
+    assert sel["by MAD"] == "SL γ=50" and sel["like the paper"] == "SL γ=100"
+    assert sel["roi wins"]["SL γ=100"] == 4 and sel["roi wins"]["SL γ=50"] == 1   # spinal cord: 160.04 < 170.41
+    # gamma = 100 ranks 4th of 6 by MAD inside the body
+    names = [sharp.arm_label(g) for g in sharp.PAPER_GAMMAS]
+    by_mad = sorted(names, key=lambda a: sharp.PAPER_TABLE1["Inside the body"][1 + names.index(a)])
+    assert by_mad.index("SL γ=100") == 3
+
+
+def test_selection_rules():
+    sd = {"MSE": 1.0, "SL γ=1": 5.0, "SL γ=25": 3.0, "SL γ=100": 3.0}
+    roi = {"PTV": {"SL γ=1": 9.0, "SL γ=25": 2.0, "SL γ=100": 1.0},
+           "Heart": {"SL γ=1": 9.0, "SL γ=25": 2.0, "SL γ=100": 1.5}}
+    assert sharp.select_like_paper(sd, roi) == "SL γ=100"          # SD tie broken by the structures won
+    assert sharp.select_like_paper({**sd, "SL γ=25": 2.9}, roi) == "SL γ=25"   # the SD decides first
+    assert sharp.select_by_mad({"MSE": 0.0, "SL γ=1": 2.0, "SL γ=25": 1.0}) == "SL γ=25"   # never the MSE
+    assert sharp.roi_wins(roi) == {"SL γ=1": 0, "SL γ=25": 0, "SL γ=100": 2}
+    for bad in ({"MSE": 1.0}, {"SL γ=1": float("nan")}):
+        with pytest.raises(ValueError):
+            sharp.select_by_mad(bad)
+        with pytest.raises(ValueError):
+            sharp.select_like_paper(bad, {})
+
+
+def test_claim_verdicts_group_the_tests():
+    rows = [{"metric": c.metric, "a": c.a, "b": c.b, "verdict": "supported"} for c in sharp.CLAIMS]
+    out = sharp.claim_verdicts(rows)
+    assert list(out) == list(sharp.CLAIM_GROUPS) and set(out.values()) == {"supported"}
+    rows[7]["verdict"] = "unresolved"                   # one gamma not beaten: "gamma = 100 is best" unresolved
+    rows[12]["verdict"] = "contradicted"                # gamma = 500 better than 100
+    out = sharp.claim_verdicts(rows)
+    assert list(out.values()) == ["supported", "unresolved", "contradicted"]
+    assert list(sharp.claim_verdicts(rows[:6]).values())[1:] == ["not tested", "not tested"]
+
+
+def test_plateau_schedule_stops_at_the_minimum_learning_rate():
+    from rtlearn.train import Trainer
+
+    tr = Trainer(torch.nn.Linear(2, 1), lambda p, b: p.sum(), plateau_min_lr=1e-7, plateau_patience=0,
+                 progress=False, device="cpu")
+    for _ in range(12):                                # never improves: x0.1 every epoch, down to 1e-7
+        tr.scheduler.step(1.0)
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(1e-7)
+    with pytest.raises(ValueError, match="plateau_min_lr"):
+        Trainer(torch.nn.Linear(2, 1), lambda p, b: p.sum(), plateau_min_lr=-1.0, device="cpu")
+
+
+def test_openkbp_2d_slices_scored_on_the_full_grid(shared_data):
+    """The OpenKBP study's path: 2D slices at 64², every test patient predicted slice by slice, scored on 128³."""
+    import torch.nn.functional as F
+
+    from rtlearn.data.openkbp import load_patient, to_zyx
+    from rtlearn.experiments import sharp_openkbp
+    from rtlearn.metrics.openkbp import dose_error
+
+    root = shared_data / "openkbp"
+    cfg = sharp_openkbp.default_config("study", root=str(root), **sharp_openkbp.TINY)
+    assert (cfg.dims, cfg.downsample, cfg.source) == (2, 2, "openkbp")
+    data = sharp.load_data(cfg, progress=False)
+    assert data.test_patients == ["pt_242", "pt_243"]             # pt_241 has no CT here
+    rec = sharp.run(cfg, 0, data=data, progress=False)
+    validate_record(rec)
+    assert rec["cases"] == ["pt_242", "pt_243"]
+    live = rec["live"]
+    raw = load_patient("pt_242", "test", root)
+    dose = to_zyx(raw["dose_cgy"]).astype(np.float64) / 100.0
+    np.testing.assert_allclose(live["reference"][0], dose)                          # the full 128³ grid
+    pdm = to_zyx(raw["possible_dose_mask"])
+    np.testing.assert_array_equal(live["body"][0], pdm)
+    # the prediction of one slice, by hand: the model on the 64² ROI map, bilinear to 128², x 60 Gy, clipped, masked
+    model = live["models"]["SL γ=100"].eval()
+    k = data._test_items()["pt_242"][len(data._test_items()["pt_242"]) // 2]
+    item = data.dataset[k]
+    with torch.no_grad():
+        p = F.interpolate(model(item["input"][None]), scale_factor=2, mode="bilinear", align_corners=False)
+    p = np.clip(p[0, 0].numpy().astype(np.float64) * 60.0, 0, None) * pdm[item["slice"]]
+    np.testing.assert_allclose(live["predictions"]["SL γ=100"][0][item["slice"]], p, rtol=1e-5, atol=1e-6)
+    # every slice outside the possible-dose mask is 0, and the challenge's dose error is the record's
+    assert not live["predictions"]["SL γ=100"][0][~pdm].any()
+    assert rec["metrics"]["SL γ=100"]["dose error (Gy)"][0] == pytest.approx(
+        dose_error(live["predictions"]["SL γ=100"][0], dose, pdm))
+    # validation items are 64² slices; the selection's validation scores exist for every arm
+    assert data.dataset[data.val[0]]["input"].shape == (1, 64, 64)
+    assert set(rec["extras"]["val_sd_body_cgy"]) == set(rec["metrics"])
+    st = from_runs("sharp_openkbp", "study", cfg, {0: rec})
+    assert "OpenKBP scores" in sharp.tables(st) and len(sharp.claims_for(st)) == len(sharp.OPENKBP_CLAIMS)
