@@ -89,6 +89,7 @@ __all__ = [
     "claim_verdicts", "TINY",
     "table1", "table2", "table4", "validation_mad", "validation_sd", "validation_roi_mad", "select_by_mad",
     "roi_wins", "select_like_paper", "paper_selection", "selection", "select_best", "epochs_trained",
+    "band_contributions",
     "openkbp_scores", "tables", "plot_mad_vs_gamma", "plot_weight_map",
     "plot_training_curves", "plot_roi_boxplots", "plot_sample",
     "SOURCES", "OPENKBP_ROI_VALUES", "OPENKBP_BODY_VALUE", "OPENKBP_RX_GY", "OpenKBPRoiMapDataset", "OpenKBPSharpData",
@@ -1111,6 +1112,37 @@ def table1(study) -> dict:
     return {"rows": rows, "gradient": gradient, "n": {r: int(np.nansum(c)) for r, c in counts.items()}}
 
 
+def band_contributions(study, a: str = MSE_ARM, b: str | None = None) -> dict:
+    r"""Where the difference of two arms' MAD inside the body comes from: its share per dose band.
+
+    The MAD inside the body pools the voxels of every dose band (Table 1), so the
+    difference between arms ``b`` and ``a`` is the sum over bands of the band's
+    share of the body voxels times the difference of the band's MADs:
+
+    .. math:: \mathrm{MAD}_b - \mathrm{MAD}_a = \sum_k rac{n_k}{n}\,
+       ig(\mathrm{MAD}_{b,k} - \mathrm{MAD}_{a,k}ig)
+
+    Returns ``{band: {"share": fraction of body voxels, "a": MAD of a, "b": MAD of b, "contribution": cGy}}``
+    with the MADs averaged over seeds (Table 1's pooled values), and ``"total"``: the sum of the
+    contributions, which equals the difference of the pooled MADs inside the body.
+    """
+    b = arm_label(100.0) if b is None else b
+    for arm in (a, b):
+        if arm not in study.arms:
+            raise ValueError(f"no arm {arm!r}; the study has {study.arms}")
+    t1 = table1(study)
+    n_body = t1["n"]["Inside the body"]
+    out, total = {}, 0.0
+    for band in BAND_ROWS:
+        share = t1["n"][band] / n_body
+        ma, mb = float(np.nanmean(t1["rows"][band][a])), float(np.nanmean(t1["rows"][band][b]))
+        c = share * (mb - ma) if share > 0 else 0.0
+        out[band] = {"share": share, "a": ma, "b": mb, "contribution": c}
+        total += c
+    out["total"] = total
+    return out
+
+
 def _roi_names(study) -> list:
     return [m[4:] for m in study.metric_names if m.startswith("MAD ") and m not in TABLE1_METRICS.values()]
 
@@ -1330,7 +1362,8 @@ def tables(study) -> dict:
     * ``"Selection"``: validation and test MAD inside the body of every arm and
       the gamma chosen on validation (descriptive, not a claim);
 
-    for OpenKBP, ``"Table 1"``, ``"Table 2"``, ``"OpenKBP scores"`` and ``"Selection"``.
+    for OpenKBP, ``"Table 1"``, ``"Table 2"``, ``"OpenKBP scores"``, ``"Table 3"`` (the claims of
+    :data:`OPENKBP_CLAIMS` whose arms the study has) and ``"Selection"``.
     Our numbers are, with one seed, that seed's; with several, mean ± sd over seeds
     (Table 4: mean ± sd over test cases of the seed-averaged values).
     """
@@ -1374,6 +1407,8 @@ def tables(study) -> dict:
         out["OpenKBP scores"] = Markdown("**OpenKBP challenge scores** (Gy, lower is better)\n\n" + markdown_table(
             ["arm", "dose score", "DVH score"], [[a, _cell(sc[a]["dose_score"]), _cell(sc[a]["dvh_score"])]
                                                 for a in arm_names]))
+        if claims_for(study):
+            out["Table 3"] = Markdown(_claims_table(study))
     val, vsd, sel, ep = validation_mad(study), validation_sd(study), selection(study), epochs_trained(study)
     n = len(study.seeds)
     rows_s = [[a, _cell(val[a]), _cell(vsd[a]), sel["roi wins"].get(a, "–") if a != MSE_ARM else "–",

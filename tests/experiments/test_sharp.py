@@ -448,7 +448,7 @@ def test_openkbp_end_to_end(shared_data):
     assert np.isfinite(sharp.table1(st)["rows"]["Inside the body"]["SL γ=100"]).all()
     with pytest.raises(ValueError, match="openkbp_scores"):
         sharp.table4(st)
-    assert list(sharp.tables(st)) == ["Table 1", "Table 2", "OpenKBP scores", "Selection"]
+    assert list(sharp.tables(st)) == ["Table 1", "Table 2", "OpenKBP scores", "Table 3", "Selection"]
     sc = sharp.openkbp_scores(st)
     preds = [np.clip(live["predictions"]["MSE"][c], 0, None) * live["body"][c] for c in range(3)]
     per_case = [np.abs(preds[c] - live["reference"][c]).sum() / live["body"][c].sum() for c in range(3)]
@@ -549,3 +549,13 @@ def test_openkbp_2d_slices_scored_on_the_full_grid(shared_data):
     assert set(rec["extras"]["val_sd_body_cgy"]) == set(rec["metrics"])
     st = from_runs("sharp_openkbp", "study", cfg, {0: rec})
     assert "OpenKBP scores" in sharp.tables(st) and len(sharp.claims_for(st)) == len(sharp.OPENKBP_CLAIMS)
+
+
+def test_band_contributions_add_up_to_the_difference_inside_the_body():
+    st = _fake_study(seeds=(0, 1))[0]
+    bc = sharp.band_contributions(st, "MSE", "SL γ=500")
+    t1 = sharp.table1(st)["rows"]["Inside the body"]
+    assert bc["total"] == pytest.approx(float(np.mean(t1["SL γ=500"]) - np.mean(t1["MSE"])), rel=1e-9)
+    assert sum(v["share"] for k, v in bc.items() if k != "total") == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="arm"):
+        sharp.band_contributions(st, "MSE", "SL γ=7")
