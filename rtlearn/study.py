@@ -373,6 +373,24 @@ class Study:
         """``{arm: metric(name, arm)}`` for ``arms`` (default all): the input of :func:`rtlearn.metrics.stats.compare_arms`."""
         return {arm: self.metric(name, arm) for arm in (arms or self.arms)}
 
+    def select(self, arms) -> "Study":
+        """The same study restricted to ``arms`` (in that order): metrics, histories and times of those arms only.
+
+        A chapter that reads some arms of a study recorded for several chapters uses this view.
+        """
+        arms = list(arms)
+        missing = [a for a in arms if a not in self.arms]
+        if not arms or missing or len(set(arms)) != len(arms):
+            raise ValueError(f"arms must be distinct arms of the study {self.arms}, got {arms}")
+        entries = []
+        for e in self.entries:
+            e = dict(e)
+            for key in ("metrics", "history", "seconds"):
+                if key in e:
+                    e[key] = {a: e[key][a] for a in arms if a in e[key]}
+            entries.append(e)
+        return Study(self.chapter, self.profile, entries)
+
     def histories(self, arm: str) -> list:
         """Per-epoch records of ``arm``, one list per seed."""
         return [e["history"][arm] for e in self.entries]

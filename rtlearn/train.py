@@ -130,7 +130,8 @@ class Trainer:
     loss_fn : callable
         ``loss_fn(pred, batch) -> scalar tensor`` (see :func:`on_keys`).
     optimizer : torch.optim.Optimizer, optional
-        Defaults to Adam with ``lr`` and ``weight_decay``.
+        Defaults to Adam with ``lr``, ``weight_decay`` and ``betas`` (
+        Adam's beta1, beta2; default torch's (0.9, 0.999)).
     scheduler : "plateau", None or callable
         ``"plateau"``: :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau`
         on the validation (else training) loss with ``plateau_factor`` and
@@ -165,7 +166,8 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, *, optimizer=None, lr: float = 1e-3,
-                 weight_decay: float = 0.0, scheduler="plateau", plateau_factor: float = 0.1,
+                 weight_decay: float = 0.0, betas: tuple = (0.9, 0.999), scheduler="plateau",
+                 plateau_factor: float = 0.1,
                  plateau_patience: int = 5, plateau_min_lr: float = 0.0, scheduler_interval: str = "epoch",
                  early_stopping: int | None = None,
                  checkpoint=None, resume: bool = True, frozen: Sequence[nn.Module] = (), metrics=None,
@@ -219,7 +221,8 @@ class Trainer:
         self.input_keys = tuple(input_keys)
         self._forward = forward
         self.optimizer = optimizer or torch.optim.Adam(
-            [p for p in self.model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+            [p for p in self.model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay,
+            betas=_check_betas(betas))
         self.scheduler_interval = scheduler_interval
         if scheduler == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -527,6 +530,14 @@ def _loader(data, batch_size: int, shuffle: bool, seed: int, drop_last: bool, nu
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last,
                       num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def _check_betas(betas) -> tuple:
+    ok = isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and 0 <= b < 1 for b in betas)
+    if not ok:
+        raise ValueError(f"betas must be two numbers in [0, 1) (Adam's beta1, beta2), got {betas!r}")
+    return (float(betas[0]), float(betas[1]))
 
 
 def fit(model: nn.Module, loss: Callable, train, *, epochs: int, val=None, batch_size: int = 8,

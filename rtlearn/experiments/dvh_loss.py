@@ -56,13 +56,14 @@ from ..data.openkbp.eval import predict_patient
 from ..data.openkbp.format import spacing_zyx, to_zyx
 from ..losses.dose import MaskedMAELoss, MaskedMSELoss, masked_mae
 from ..losses.dvh import MAEPlusDVHLoss, dvh_loss, soft_dvh
+from ..losses.sharp import SharpLoss
 from ..metrics.openkbp import OAR_METRICS, TARGET_METRICS, dose_error, dvh_metrics_openkbp
 from ..metrics.stats import Claim, format_comparison, holm, judge, seed_summary, wilcoxon_summary
 from ..models.deepdosenet import DeepDoseNet
 from ..models.scaled import ScaledDose
 from ..phantom import PhantomDoseDataset, make_patient, optimise_plan
 from ..phantom.anatomy import ROI_NAMES as PHANTOM_ROI_NAMES
-from ..rois import OARS, ROI_NAMES, TARGETS
+from ..rois import OARS, ROI_NAMES, TARGET_DOSE_GY, TARGETS
 from ..tables import Markdown, markdown_table
 from ..train import fit, seeded
 from .openkbp import LEADERBOARD_TOP5
@@ -72,6 +73,8 @@ __all__ = [
     "Arm", "ARMS", "ARM_NAMES", "CLAIMS", "Config", "default_config", "TINY",
     "ExperimentData", "load_data", "make_model", "metric_names", "structure_metric", "evaluate_model", "run",
     "scores", "best_arm", "table1", "claims_table", "structure_means", "structure_table", "leaderboard_table", "tables",
+    "SHARP_BEST_GAMMA", "DVH_SWEEP", "BENCHMARK_ARMS", "STUDY_ARMS", "SharpPlusDVHLoss", "sweep_arm", "sharp_arm",
+    "prescription_dose", "evaluate_baseline", "baseline_scores",
     "fit_profile", "example_case", "relaxed_vs_exact", "dvh_loss_gradient",
     "plot_learning_curves", "plot_structure_errors", "plot_sample",
 ]
@@ -118,19 +121,88 @@ def _mae(cfg) -> MaskedMAELoss:
     return MaskedMAELoss()
 
 
-def _mae_dvh(cfg) -> MAEPlusDVHLoss:
-    return MAEPlusDVHLoss(weight=cfg.dvh_weight, bins=cfg.dvh_bins, steepness=cfg.steepness,
-                          dose_range=tuple(cfg.dose_range))
+def _dvh_kwargs(cfg) -> dict:
+    return dict(bins=cfg.dvh_bins, steepness=cfg.steepness, dose_range=tuple(cfg.dose_range))
+
+
+def _mae_dvh(weight=None):
+    def build(cfg) -> MAEPlusDVHLoss:
+        return MAEPlusDVHLoss(weight=cfg.dvh_weight if weight is None else weight, **_dvh_kwargs(cfg))
+    return build
+
+
+class SharpPlusDVHLoss(torch.nn.Module):
+    r"""The sharp loss in Gy² plus ``weight`` times the DVH loss (the benchmark's "sharp + DVH" arm).
+
+    .. math:: L = D_n^2\,SL_\gamma(D^{pred}/D_n, D^{true}/D_n) + w\,L_{DVH}
+
+    :math:`SL_\gamma` is Eq. (4) of Bai et al. 2021 over the possible-dose mask with doses
+    normalised by :math:`D_n` (``norm`` Gy); multiplying by :math:`D_n^2` puts it in Gy², the
+    units of the MSE it generalises. :math:`L_{DVH}` is :func:`rtlearn.losses.dvh.dvh_loss`.
+    ``weight = 0`` gives the sharp loss alone (in Gy²).
+
+    ``forward(pred, target, dose_mask, structures=None)`` (doses in Gy; ``structures`` is needed when
+    ``weight > 0``).
+    """
+
+    def __init__(self, gamma: float = 100.0, norm: float = 70.0, weight: float = 80.0, **dvh_kwargs):
+        super().__init__()
+        self.sharp = SharpLoss(gamma=gamma, norm=norm)
+        self.dvh = MAEPlusDVHLoss(weight=weight, **dvh_kwargs)
+
+    def forward(self, pred, target, dose_mask, structures=None):
+        out = self.sharp.norm ** 2 * self.sharp(pred, target, dose_mask)
+        if self.dvh.weight == 0:
+            return out
+        if structures is None:
+            raise ValueError("structures are needed for the DVH term (weight > 0)")
+        return out + self.dvh.weight * dvh_loss(pred, target, structures, **self.dvh.dvh.kwargs)
+
+
+def _sharp(gamma: float, with_dvh: bool = False):
+    def build(cfg) -> SharpPlusDVHLoss:
+        return SharpPlusDVHLoss(gamma=gamma, norm=cfg.sharp_norm, weight=cfg.dvh_weight if with_dvh else 0.0,
+                                **_dvh_kwargs(cfg))
+    return build
 
 
 #: The three losses of Soomro et al.'s Table 1 (doses in Gy, ``mask`` the possible-dose mask,
-#: ``structures`` the ten OpenKBP ROI masks).
+#: ``structures`` the ten OpenKBP ROI masks), then the other arms of the closing benchmark
+#: (:mod:`rtlearn.experiments.dose_benchmark`): the sharp loss at the paper's γ = 100 and at
+#: :data:`SHARP_BEST_GAMMA`, the sharp loss + DVH, and the DVH-weight sweep.
 ARMS = {
     "MSE": Arm(_mse, ("target", "mask")),
     "MAE": Arm(_mae, ("target", "mask")),
-    "MAE+DVH": Arm(_mae_dvh, ("target", "mask", "structures")),
+    "MAE+DVH": Arm(_mae_dvh(), ("target", "mask", "structures")),
 }
+#: The paper's three arms (chapter 5's comparison and claims).
 ARM_NAMES = tuple(ARMS)
+#: γ chosen by Bai et al.'s own rule (lowest error SD inside the mask, then structures won) on the
+#: validation patients of the recorded OpenKBP sharp-loss study (``results/sharp_openkbp/study``,
+#: :func:`rtlearn.experiments.sharp.select_best`); a test checks that the record still says so.
+SHARP_BEST_GAMMA = 50.0
+#: DVH weights swept on the validation patients besides ``cfg.dvh_weight`` (the arm ``"MAE+DVH"``).
+DVH_SWEEP = (20.0, 320.0)
+
+
+def sweep_arm(weight: float) -> str:
+    """Name of the MAE + DVH arm with DVH weight ``weight``, e.g. ``"MAE+DVH w=20"``."""
+    return f"MAE+DVH w={weight:g}"
+
+
+def sharp_arm(gamma: float, with_dvh: bool = False) -> str:
+    """Name of a sharp-loss arm, e.g. ``"SL γ=100"`` or ``"SL γ=100+DVH"``."""
+    return f"SL γ={gamma:g}" + ("+DVH" if with_dvh else "")
+
+
+ARMS.update({sharp_arm(100.0): Arm(_sharp(100.0), ("target", "mask")),
+             sharp_arm(SHARP_BEST_GAMMA): Arm(_sharp(SHARP_BEST_GAMMA), ("target", "mask")),
+             sharp_arm(100.0, True): Arm(_sharp(100.0, True), ("target", "mask", "structures"))})
+ARMS.update({sweep_arm(w): Arm(_mae_dvh(w), ("target", "mask", "structures")) for w in DVH_SWEEP})
+#: The arms of the closing benchmark, in the order of its table.
+BENCHMARK_ARMS = ("MSE", "MAE", sharp_arm(100.0), sharp_arm(SHARP_BEST_GAMMA), "MAE+DVH", sharp_arm(100.0, True))
+#: Every arm the study profile trains: the benchmark's and the DVH-weight sweep.
+STUDY_ARMS = BENCHMARK_ARMS + tuple(sweep_arm(w) for w in DVH_SWEEP)
 
 
 # ---- the paper's claims, stated before any number is seen ---------------------------------------------------------
@@ -165,8 +237,8 @@ class Config:
     training seed, so test patients pair across seeds.
 
     Model: DeepDoseNet of ``depth`` and first-stage ``width``. Training (per arm in
-    ``arms``, a subset of :data:`ARM_NAMES`): at most ``epochs`` epochs of Adam
-    (``lr``, ``weight_decay``) with batches of ``batch_size``, the learning rate x0.1
+    ``arms``, names of :data:`ARMS`): at most ``epochs`` epochs of Adam
+    (``lr``, ``weight_decay``, ``betas``) with batches of ``batch_size``, the learning rate x0.1
     after ``plateau_patience`` epochs without a lower validation loss, a stop after
     ``early_stopping`` such epochs (``None``: never), and the best validation epoch
     restored. DVH term: weight ``dvh_weight``, ``dvh_bins`` thresholds over
@@ -197,6 +269,7 @@ class Config:
     inputs: tuple = ("structures", "ct")
     downsample: int = 1
     slice_step: int = 1
+    val_slice_step: int = 1
     arms: tuple = ARM_NAMES
     epochs: int = 20
     early_stopping: int | None = None
@@ -205,11 +278,13 @@ class Config:
     batch_size: int = 4
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    betas: tuple = (0.9, 0.99)
     plateau_patience: int = 4
     dvh_weight: float = 80.0
     dvh_bins: int = 64
     steepness: float = 1.0
     dose_range: tuple = (0.0, 80.0)
+    sharp_norm: float = 70.0
     data_seed: int = 0
     n_seeds: int = 1
     bench_size: int = 64
@@ -223,7 +298,8 @@ class Config:
             raise ValueError(f"source must be 'phantom' or 'openkbp', got {self.source!r}")
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
-        for name in ("epochs", "depth", "width", "batch_size", "dvh_bins", "downsample", "slice_step", "bench_size",
+        for name in ("epochs", "depth", "width", "batch_size", "dvh_bins", "downsample", "slice_step", "val_slice_step",
+                     "bench_size",
                      "n_seeds", "n_jobs"):
             _check_int(getattr(self, name), name, 1)
         for name in ("plateau_patience", "data_seed", "num_workers"):
@@ -239,7 +315,10 @@ class Config:
             raise ValueError(f"n_test must be >= 2 for paired tests over test patients, got {self.n_test}")
         arms = tuple(self.arms) if isinstance(self.arms, (list, tuple)) else ()
         if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
-            raise ValueError(f"arms must be distinct names from {ARM_NAMES}, got {self.arms!r}")
+            raise ValueError(f"arms must be distinct names from {tuple(ARMS)}, got {self.arms!r}")
+        if not (self.sharp_norm > 0) or len(tuple(self.betas)) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"sharp_norm must be > 0 and betas two numbers in [0, 1), got {self.sharp_norm!r}, "
+                             f"{self.betas!r}")
         if not (self.lr > 0) or not (self.weight_decay >= 0) or not (self.dvh_weight >= 0) or not (self.steepness > 0):
             raise ValueError("lr and steepness must be > 0, weight_decay and dvh_weight >= 0")
 
@@ -252,11 +331,13 @@ def _check_int(v, name: str, low: int, extra: str = "") -> None:
 #: One explicit set of sizes per profile (fields not named keep the :class:`Config` defaults, the quick sizes).
 _PROFILES = {
     "quick": {},
-    "study": dict(n_train=200, n_val=40, n_test=100, epochs=200, early_stopping=20, width=24, batch_size=8,
-                  lr=1e-3, plateau_patience=8, n_seeds=5),
+    "study": dict(source="openkbp", dims=2, n_train=None, n_val=None, n_test=None, shape=None, spacing=None,
+                  inputs=("rois", "ct", "possible_dose_mask"), downsample=2, slice_step=8, val_slice_step=4,
+                  arms=STUDY_ARMS, epochs=40, early_stopping=8, depth=3, width=12, batch_size=8, lr=1e-3,
+                  plateau_patience=4, n_seeds=3),
     "full": dict(source="openkbp", dims=3, n_train=None, n_val=None, n_test=None, shape=None, spacing=None,
                  inputs=("rois", "ct", "possible_dose_mask"), epochs=200, width=32, batch_size=2, lr=1e-3,
-                 plateau_patience=10, num_workers=6, bench_size=128),
+                 plateau_patience=10, num_workers=6, bench_size=128, arms=STUDY_ARMS),
 }
 
 
@@ -286,9 +367,10 @@ def default_config(profile: str | None = None, **overrides) -> Config:
     return replace(Config(), **{**sizes, **overrides})
 
 
-#: Overrides that make ``default_config("study", **TINY)`` run one seed in seconds (the study runner's test).
-TINY = dict(n_train=4, n_val=2, n_test=3, shape=(32, 32), spacing=(8.0, 8.0), epochs=2, early_stopping=1,
-            depth=2, width=4, batch_size=2)
+#: Overrides that make ``default_config("study", **TINY)`` run one seed in seconds (the study runner's test;
+#: the study profile reads OpenKBP, so the test needs the data).
+TINY = dict(n_train=3, n_val=2, n_test=2, slice_step=32, val_slice_step=8, epochs=1, early_stopping=1, depth=2,
+            width=4, batch_size=2, arms=("MSE", "MAE", "MAE+DVH", "SL γ=100+DVH"))
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -296,17 +378,19 @@ class _WithStructures(Dataset):
     """Adds ``"structures"`` (bool ``S x spatial``, :data:`ROI_NAMES` order) to every item of ``base``.
 
     The possible-dose mask ``"mask"`` becomes boolean (``> 0.5``; a down-sampled
-    OpenKBP mask is a block mean).
+    OpenKBP mask is a block mean). ``cache=True`` builds every item once, up front
+    (OpenKBP slices cost about 3 ms each to unpack; a 64² slice item holds about 0.3 MB).
     """
 
-    def __init__(self, base, source: str, channels=None):
+    def __init__(self, base, source: str, channels=None, cache: bool = False):
         self.base, self.source = base, source
         self.channels = channels
+        self._items = [self._make(i) for i in range(len(base))] if cache else None
 
     def __len__(self):
         return len(self.base)
 
-    def __getitem__(self, i):
+    def _make(self, i):
         item = dict(self.base[i])
         if self.source == "openkbp":
             item["structures"] = item["input"][self.channels] >= 0.5
@@ -316,6 +400,11 @@ class _WithStructures(Dataset):
             item["structures"] = item["rois"] >= 0.5
         item["mask"] = item["mask"] > 0.5
         return item
+
+    def __getitem__(self, i):
+        if self._items is not None:
+            return self._items[i]
+        return self._make(i)
 
 
 @dataclass
@@ -354,10 +443,19 @@ def load_data(cfg: Config, progress: bool = True) -> ExperimentData:
     if "rois" not in cfg.inputs:
         raise ValueError("the OpenKBP source needs 'rois' among the inputs (the DVH loss reads the masks there)")
     kw = dict(root=cfg.root, dims=cfg.dims, inputs=tuple(cfg.inputs), downsample=cfg.downsample, progress=progress)
-    sets = {s: openkbp.OpenKBPDataset(s, patients=n, slice_step=cfg.slice_step if s == "train" else 1, **kw)
-            for s, n in (("train", cfg.n_train), ("validation", cfg.n_val), ("test", cfg.n_test))}
+    # scoring reads every slice of a patient; training and the per-epoch validation loss every k-th
+    sets = {s: openkbp.OpenKBPDataset(s, patients=n, **kw)
+            for s, n in (("validation", cfg.n_val), ("test", cfg.n_test))}
+    sets["train"] = openkbp.OpenKBPDataset("train", patients=cfg.n_train, slice_step=cfg.slice_step, **kw)
+    val_loss_set = sets["validation"]
+    if cfg.val_slice_step > 1:
+        val_loss_set = openkbp.OpenKBPDataset("validation", patients=sets["validation"].patients,
+                                              slice_step=cfg.val_slice_step, verbose=False, **kw)
     chans = [sets["train"].channel_names.index(n) for n in ROI_NAMES]
-    wrapped = {s: _WithStructures(d, "openkbp", chans) for s, d in sets.items()}
+    cache = cfg.dims == 2
+    wrapped = {"train": _WithStructures(sets["train"], "openkbp", chans, cache=cache),
+               "validation": _WithStructures(val_loss_set, "openkbp", chans, cache=cache),
+               "test": _WithStructures(sets["test"], "openkbp", chans)}
     return ExperimentData("openkbp", wrapped["train"], wrapped["validation"], wrapped["test"],
                           sets["train"].n_channels, sets)
 
@@ -461,6 +559,50 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
             "metric_errors": {k: np.asarray(v, float) for k, v in per_metric.items()}, "predictions": kept}
 
 
+def prescription_dose(rois: dict, shape) -> np.ndarray:
+    """The trivial prediction: each PTV's prescription inside it (the highest where PTVs overlap), 0 elsewhere.
+
+    Prescriptions: :data:`rtlearn.rois.TARGET_DOSE_GY` (PTV70: 70 Gy, PTV63: 63 Gy, PTV56: 56 Gy).
+    A floor for the scores: a model that does not beat it has learnt nothing beyond the targets.
+    """
+    out = np.zeros(shape, dtype=np.float64)
+    for name in TARGETS:
+        if name in rois:
+            m = np.asarray(rois[name], bool)
+            if m.shape != tuple(shape):
+                raise ValueError(f"{name} has shape {m.shape}, expected {tuple(shape)}")
+            out[m] = np.maximum(out[m], float(TARGET_DOSE_GY[name]))
+    return out
+
+
+def evaluate_baseline(data: ExperimentData, split: str = "test", progress: bool = False) -> dict:
+    """OpenKBP scores of :func:`prescription_dose` (times the possible-dose mask) on a split.
+
+    Returns ``dose_score``, ``dvh_score`` (Gy), ``patients``, ``dose_error``, ``dvh_error`` and
+    ``metric_errors`` as :func:`evaluate_model` does.
+    """
+    names = metric_names()
+    if data.source == "phantom":
+        cases = _phantom_cases(data, split)
+    else:
+        ds = data.raw[split]
+        cases = (dict(ds.patient_arrays(pid), patient=pid) for pid in ds.patients)
+    patients, dose_err, dvh_err, cells = [], [], [], []
+    per_metric = {k: [] for k in names}
+    for case in tqdm(cases, desc=f"baseline {split}", disable=not progress):
+        pred = prescription_dose(case["rois"], case["dose"].shape) * case["possible_dose_mask"]
+        e = _metric_errors(pred, case)
+        patients.append(case["patient"])
+        dose_err.append(dose_error(pred, case["dose"], case["possible_dose_mask"]))
+        dvh_err.append(float(np.mean(list(e.values()))))
+        cells.extend(e.values())
+        for k in names:
+            per_metric[k].append(e.get(k, np.nan))
+    return {"dose_score": float(np.mean(dose_err)), "dvh_score": float(np.mean(cells)), "patients": patients,
+            "dose_error": np.asarray(dose_err), "dvh_error": np.asarray(dvh_err),
+            "metric_errors": {k: np.asarray(v, float) for k, v in per_metric.items()}}
+
+
 # ---- one seed: every arm ------------------------------------------------------------------------------------------
 def run(cfg: Config | None = None, seed: int = 0, *, data: ExperimentData | None = None,
         progress: bool = True) -> dict:
@@ -481,7 +623,8 @@ def run(cfg: Config | None = None, seed: int = 0, *, data: ExperimentData | None
         validation patients' scores, ``{"validation": {"cases", "dose_score",
         "dvh_score", "dose_error", "dvh_error"}}`` by arm, and the parameter count)
         and ``live`` (the trained models and the first test patient's prediction
-        per arm, for the figures; not recorded).
+        per arm, for the figures; not recorded). ``extras["baseline"]`` holds the test
+        metrics of :func:`prescription_dose` (same keys as an arm's ``metrics``).
     """
     cfg = default_config() if cfg is None else cfg
     if not isinstance(cfg, Config):
@@ -501,7 +644,8 @@ def run(cfg: Config | None = None, seed: int = 0, *, data: ExperimentData | None
         result = fit(model, ARMS[arm].loss(cfg), data.train, val=data.validation, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, seed=seed, targets=ARMS[arm].targets,
                      drop_last=len(data.train) >= 2 * cfg.batch_size, num_workers=cfg.num_workers,
-                     lr=cfg.lr, weight_decay=cfg.weight_decay, plateau_patience=cfg.plateau_patience,
+                     lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
+                     plateau_patience=cfg.plateau_patience,
                      early_stopping=cfg.early_stopping, metrics={"val_mae_gy": _val_mae_gy},
                      progress=progress, device=cfg.device)
         val = evaluate_model(result.model, data, "validation", progress=progress)
@@ -520,6 +664,10 @@ def run(cfg: Config | None = None, seed: int = 0, *, data: ExperimentData | None
         record["extras"]["n_parameters"] = int(sum(p.numel() for p in result.model.parameters()))
         record["live"]["models"][arm] = result.model
         record["live"]["samples"][arm] = test["predictions"][0]
+    base = evaluate_baseline(data, "test", progress=progress)
+    record["extras"]["baseline"] = {"dose_error": base["dose_error"].tolist(), "dvh_error": base["dvh_error"].tolist(),
+                                    **{structure_metric(r, m): base["metric_errors"][(r, m)].tolist()
+                                       for r, m in names}}
     return record
 
 
@@ -541,6 +689,19 @@ def scores(study, arm: str, phase: str = "test") -> dict:
         ex = [study.extras(s)["validation"] for s in study.seeds]
         return {k: np.array([e[k][arm] for e in ex], dtype=float) for k in ("dose_score", "dvh_score")}
     raise ValueError(f"phase must be 'validation' or 'test', got {phase!r}")
+
+
+def baseline_scores(study) -> dict:
+    """Dose and DVH scores (Gy) of the prescription baseline (:func:`prescription_dose`) on the test patients.
+
+    The baseline does not depend on the seed; the first recorded seed's values are used.
+    """
+    base = study.extras(study.seeds[0]).get("baseline")
+    if base is None:
+        raise ValueError("the study records no baseline (recorded before the baseline existed)")
+    cells = np.array([v for r, m in metric_names() for v in base[structure_metric(r, m)]], float)
+    return {"dose_score": float(np.mean(base["dose_error"])), "dvh_score": float(cells[np.isfinite(cells)].mean()),
+            "n": len(base["dose_error"])}
 
 
 def _mean_sd(values):

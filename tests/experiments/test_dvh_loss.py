@@ -19,9 +19,14 @@ from rtlearn.metrics.stats import format_verdicts, judge
 from rtlearn.study import from_runs, validate_record
 
 
+#: Phantom slices small enough for seconds (the study profile itself reads OpenKBP).
+SMALL = dict(n_train=4, n_val=2, n_test=3, shape=(32, 32), spacing=(8.0, 8.0), epochs=2, early_stopping=1, depth=2,
+             width=4, batch_size=2)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = ex.default_config("study", **ex.TINY, root=str(tmp_path_factory.mktemp("dvhloss")))
+    cfg = ex.default_config("quick", **SMALL, root=str(tmp_path_factory.mktemp("dvhloss")))
     data = ex.load_data(cfg, progress=False)
     return cfg, data, ex.run(cfg, seed=0, data=data, progress=False)
 
@@ -59,10 +64,14 @@ def test_quick_profile_keeps_todays_sizes(monkeypatch):
 def test_study_and_full_profiles():
     s = ex.default_config("study")
     q = ex.default_config("quick")
-    assert s.source == "phantom" and s.dims == 2 and s.arms == ex.ARM_NAMES
-    assert s.early_stopping is not None and s.epochs >= 5 * s.early_stopping
-    assert s.n_train >= 4 * q.n_train and s.n_test >= 5 * q.n_test and s.n_val >= 2 * q.n_val
+    # OpenKBP slices at 64² (all patients with a CT), every arm of the closing benchmark and the DVH-weight sweep
+    assert s.source == "openkbp" and s.dims == 2 and s.downsample == 2 and s.n_train is None and s.n_test is None
+    assert s.arms == ex.STUDY_ARMS and set(ex.ARM_NAMES) <= set(s.arms) and set(ex.BENCHMARK_ARMS) <= set(s.arms)
+    assert [ex.sweep_arm(w) in s.arms for w in ex.DVH_SWEEP] == [True] * len(ex.DVH_SWEEP)
+    assert s.early_stopping is not None and s.epochs >= 4 * s.early_stopping
     assert s.n_seeds >= 3 and s.width >= q.width and s.plateau_patience < s.early_stopping
+    assert s.lr == 1e-3 and s.betas == (0.9, 0.99) == q.betas and s.weight_decay == 1e-4   # the paper's Adam
+    assert s.inputs == ("rois", "ct", "possible_dose_mask")
     assert "min per seed" in ex.Config.__doc__
     f = ex.default_config("full")
     assert f.source == "openkbp" and f.dims == 3 and f.n_train is None and f.epochs == 200 and f.batch_size == 2
