@@ -74,7 +74,7 @@ __all__ = [
     "ExperimentData", "load_data", "make_model", "metric_names", "structure_metric", "evaluate_model", "run",
     "scores", "best_arm", "table1", "claims_table", "structure_means", "structure_table", "leaderboard_table", "tables",
     "SHARP_BEST_GAMMA", "DVH_SWEEP", "BENCHMARK_ARMS", "STUDY_ARMS", "SharpPlusDVHLoss", "sweep_arm", "sharp_arm",
-    "prescription_dose", "evaluate_baseline", "baseline_scores",
+    "prescription_dose", "evaluate_baseline", "baseline_scores", "dose_error_in_structures",
     "fit_profile", "example_case", "relaxed_vs_exact", "dvh_loss_gradient",
     "plot_learning_curves", "plot_structure_errors", "plot_sample",
 ]
@@ -505,6 +505,22 @@ def _metric_errors(pred, case) -> dict:
     return {(roi, k): abs(m_ref[roi][k] - m_pred[roi][k]) for roi in m_ref for k in m_ref[roi]}
 
 
+def dose_error_in_structures(pred, case) -> float:
+    """The part of the patient's dose error (OpenKBP's, Gy) from voxels inside any of its ROIs.
+
+    ``sum |pred - ref|`` over the voxels of the possible-dose mask that lie in an ROI, divided by the
+    size of the mask (the dose error's own denominator), so that the dose error is this part plus the
+    part from the rest of the mask: the DVH loss acts only on the first.
+    """
+    inside = np.zeros(np.shape(case["dose"]), bool)
+    for m in case["rois"].values():
+        inside |= np.asarray(m, bool)
+    pdm = np.asarray(case["possible_dose_mask"], bool)
+    inside &= pdm
+    return float(np.abs(np.asarray(pred, float)[inside] - np.asarray(case["dose"], float)[inside]).sum()
+                 / np.count_nonzero(pdm))
+
+
 def metric_names() -> list:
     """``(roi, metric)`` pairs of the OpenKBP DVH score: OARs D_0.1_cc and mean, PTVs D_99, D_95, D_1."""
     return [(r, m) for r in OARS for m in OAR_METRICS] + [(r, m) for r in TARGETS for m in TARGET_METRICS]
@@ -528,7 +544,8 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
     dict
         ``dose_score``, ``dvh_score`` (Gy), ``n``, ``patients``, ``dose_error`` and
         ``dvh_error`` (per patient, arrays; ``dvh_error`` is the mean |error| over the
-        patient's DVH metrics), ``metric_errors`` ``{(roi, metric): array over patients,
+        patient's DVH metrics), ``dose_error_in_structures`` (per patient,
+        :func:`dose_error_in_structures`), ``metric_errors`` ``{(roi, metric): array over patients,
         NaN where the ROI is absent}`` and ``predictions`` (the first ``keep`` patients'
         predicted doses).
     """
@@ -542,10 +559,12 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
     else:
         ds = data.raw[split]
         items = ((dict(ds.patient_arrays(pid), patient=pid), predict_patient(model, ds, pid)) for pid in ds.patients)
+    inside = []
     for case, pred in tqdm(items, desc=f"score {split}", disable=not progress):
         e = _metric_errors(pred, case)
         patients.append(case["patient"])
         dose_err.append(dose_error(pred, case["dose"], case["possible_dose_mask"]))
+        inside.append(dose_error_in_structures(pred, case))
         dvh_err.append(float(np.mean(list(e.values()))))
         cells.extend(e.values())
         for k in names:
@@ -556,6 +575,7 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
                          "spacing": tuple(float(v) for v in case.get("spacing", case.get("voxel_dimensions")))})
     return {"dose_score": float(np.mean(dose_err)), "dvh_score": float(np.mean(cells)), "n": len(patients),
             "patients": patients, "dose_error": np.asarray(dose_err), "dvh_error": np.asarray(dvh_err),
+            "dose_error_in_structures": np.asarray(inside),
             "metric_errors": {k: np.asarray(v, float) for k, v in per_metric.items()}, "predictions": kept}
 
 
@@ -587,19 +607,21 @@ def evaluate_baseline(data: ExperimentData, split: str = "test", progress: bool 
     else:
         ds = data.raw[split]
         cases = (dict(ds.patient_arrays(pid), patient=pid) for pid in ds.patients)
-    patients, dose_err, dvh_err, cells = [], [], [], []
+    patients, dose_err, dvh_err, cells, inside = [], [], [], [], []
     per_metric = {k: [] for k in names}
     for case in tqdm(cases, desc=f"baseline {split}", disable=not progress):
         pred = prescription_dose(case["rois"], case["dose"].shape) * case["possible_dose_mask"]
         e = _metric_errors(pred, case)
         patients.append(case["patient"])
         dose_err.append(dose_error(pred, case["dose"], case["possible_dose_mask"]))
+        inside.append(dose_error_in_structures(pred, case))
         dvh_err.append(float(np.mean(list(e.values()))))
         cells.extend(e.values())
         for k in names:
             per_metric[k].append(e.get(k, np.nan))
     return {"dose_score": float(np.mean(dose_err)), "dvh_score": float(np.mean(cells)), "patients": patients,
             "dose_error": np.asarray(dose_err), "dvh_error": np.asarray(dvh_err),
+            "dose_error_in_structures": np.asarray(inside),
             "metric_errors": {k: np.asarray(v, float) for k, v in per_metric.items()}}
 
 
@@ -617,7 +639,7 @@ def run(cfg: Config | None = None, seed: int = 0, *, data: ExperimentData | None
     -------
     dict
         The run record of :mod:`rtlearn.study`: ``cases`` (test patients), ``metrics``
-        ``{arm: {"dose_error", "dvh_error", "<ROI> <metric>" (|DVH-metric error|, NaN
+        ``{arm: {"dose_error", "dvh_error", "dose_error_in_structures", "<ROI> <metric>" (|DVH-metric error|, NaN
         where the ROI is absent): [one float per test patient]}}`` (Gy), ``history``
         (per-epoch records), ``seconds`` (training and scoring), ``extras`` (the
         validation patients' scores, ``{"validation": {"cases", "dose_score",
@@ -653,6 +675,7 @@ def run(cfg: Config | None = None, seed: int = 0, *, data: ExperimentData | None
         record["seconds"][arm] = time.perf_counter() - t0
         record["cases"] = list(test["patients"])
         record["metrics"][arm] = {"dose_error": test["dose_error"].tolist(), "dvh_error": test["dvh_error"].tolist(),
+                                  "dose_error_in_structures": test["dose_error_in_structures"].tolist(),
                                   **{structure_metric(r, m): test["metric_errors"][(r, m)].tolist()
                                      for r, m in names}}
         record["history"][arm] = [dict(r) for r in result.history.records]
@@ -666,6 +689,7 @@ def run(cfg: Config | None = None, seed: int = 0, *, data: ExperimentData | None
         record["live"]["samples"][arm] = test["predictions"][0]
     base = evaluate_baseline(data, "test", progress=progress)
     record["extras"]["baseline"] = {"dose_error": base["dose_error"].tolist(), "dvh_error": base["dvh_error"].tolist(),
+                                    "dose_error_in_structures": base["dose_error_in_structures"].tolist(),
                                     **{structure_metric(r, m): base["metric_errors"][(r, m)].tolist()
                                        for r, m in names}}
     return record

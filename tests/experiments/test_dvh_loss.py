@@ -219,7 +219,8 @@ def test_run_returns_a_valid_record_with_every_arm_and_metric(tiny):
     validate_record(record)
     assert list(record["metrics"]) == list(ex.ARM_NAMES) == list(record["history"]) == list(record["seconds"])
     assert record["cases"] == [f"phantom_{i}" for i in range(6, 9)]
-    names = {"dose_error", "dvh_error"} | {ex.structure_metric(r, m) for r, m in ex.metric_names()}
+    names = {"dose_error", "dvh_error", "dose_error_in_structures"} | \
+        {ex.structure_metric(r, m) for r, m in ex.metric_names()}
     for arm in ex.ARM_NAMES:
         assert set(record["metrics"][arm]) == names
         assert all(len(v) == 3 for v in record["metrics"][arm].values())
@@ -237,6 +238,16 @@ def test_run_returns_a_valid_record_with_every_arm_and_metric(tiny):
     assert record["metrics"]["MAE"]["dvh_error"][0] == pytest.approx(np.mean(list(errs.values())))
     for (roi, metric), v in errs.items():
         assert record["metrics"]["MAE"][ex.structure_metric(roi, metric)][0] == pytest.approx(v)
+    # the part of the dose error inside the ROIs, by brute force over voxels; never more than the whole
+    pred, ref, pdm = sample["prediction"], sample["reference"], sample["possible_dose_mask"].astype(bool)
+    brute = sum(abs(pred[idx] - ref[idx]) for idx in np.ndindex(ref.shape)
+                if pdm[idx] and any(m[idx] for m in sample["rois"].values())) / pdm.sum()
+    assert record["metrics"]["MAE"]["dose_error_in_structures"][0] == pytest.approx(brute)
+    for arm in ex.ARM_NAMES:
+        inside, whole = (np.array(record["metrics"][arm][k]) for k in ("dose_error_in_structures", "dose_error"))
+        assert np.all(inside >= 0) and np.all(inside <= whole + 1e-12)
+    base = record["extras"]["baseline"]
+    assert set(base) == names and len(base["dose_error"]) == 3
     with pytest.raises(ValueError):
         ex.structure_metric("Brainstem", "D_99")
 
