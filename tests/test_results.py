@@ -63,3 +63,21 @@ def test_stale_config_is_detected(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "phantom_data_version", lambda: -1)
     with pytest.raises(ValueError, match="phantom clinic"):
         study.run_study("stale", "study", "0-3", root=tmp_path, progress=False)
+
+
+def test_recorded_training_step_benchmark_matches_todays_study_config():
+    """The recorded cost of one training step (closing benchmark chapter) was made with today's study model and data."""
+    from rtlearn.bench import training
+    from rtlearn.experiments import dose_benchmark, dvh_loss
+
+    path = RESULTS / training.RECORDED_STUDY
+    if not path.exists():
+        pytest.skip("no training-step benchmark recorded")
+    rec = training.load_recorded(path)
+    cfg = dvh_loss.default_config(rec["config"]["profile"])
+    today = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, tuple, type(None)))}
+    assert rec["config"]["dvh_loss_config"] == {k: list(v) if isinstance(v, tuple) else v for k, v in today.items()}, (
+        "results/bench/training-dvh_loss-study.json was recorded with another study config; re-run "
+        "python -m rtlearn.bench.training --profile study --repeats 30 --out results/bench/training-dvh_loss-study.json")
+    assert [r["arm"] for r in rec["rows"]] == list(dose_benchmark.ARMS)
+    assert rec["provenance"]["commit"] and not rec["provenance"]["dirty"]

@@ -200,3 +200,17 @@ def test_config_values_are_stored_by_stable_names():
                                                 "path": None}
     with pytest.raises(TypeError, match="stable"):
         study.config_to_json(WithLoss(path=functools.partial(np.mean)))
+
+
+def test_select_keeps_only_the_named_arms_in_their_order(fake, tmp_path):
+    mod = sys.modules["rtlearn_fake_chapter"]
+    cfg = FakeConfig()
+    live = study.from_runs("fake", "quick", cfg, {s: mod.run(cfg, s, data=np.arange(4)) for s in (0, 1)})
+    arms = live.arms
+    sub = live.select(arms[::-1][:1])
+    assert sub.arms == arms[::-1][:1] and sub.seeds == live.seeds and sub.cases == live.cases
+    np.testing.assert_array_equal(sub.metric("mae", arms[-1]), live.metric("mae", arms[-1]))
+    assert list(sub.entries[0]["history"]) == sub.arms and live.arms == arms      # the original is untouched
+    for bad in ([], ["nope"], [arms[0], arms[0]]):
+        with pytest.raises(ValueError, match="distinct arms"):
+            live.select(bad)

@@ -205,3 +205,14 @@ def test_fit_bad_arguments(kw, err):
     with pytest.raises(ValueError, match="seed"):
         with seeded(-1):
             pass
+
+
+def test_adam_betas_reach_the_optimizer_and_bad_betas_fail():
+    model = torch.nn.Linear(2, 1)
+    t = Trainer(model, lambda pred, batch: pred.sum(), betas=(0.9, 0.99), progress=False)
+    assert t.optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+    assert Trainer(torch.nn.Linear(2, 1), lambda p, b: p.sum(), progress=False).optimizer.param_groups[0]["betas"] \
+        == (0.9, 0.999)
+    for bad in ((0.9,), (0.9, 1.0), (-0.1, 0.9), "ab", (0.9, float("nan")), (True, 0.9)):
+        with pytest.raises(ValueError, match="betas"):
+            Trainer(torch.nn.Linear(2, 1), lambda p, b: p.sum(), betas=bad, progress=False)

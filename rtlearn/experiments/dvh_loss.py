@@ -58,7 +58,8 @@ from ..losses.dose import MaskedMAELoss, MaskedMSELoss, masked_mae
 from ..losses.dvh import MAEPlusDVHLoss, dvh_loss, soft_dvh
 from ..losses.sharp import SharpLoss
 from ..metrics.openkbp import OAR_METRICS, TARGET_METRICS, dose_error, dvh_metrics_openkbp
-from ..metrics.stats import Claim, format_comparison, holm, judge, seed_summary, wilcoxon_summary
+from ..metrics.stats import (Claim, format_comparison, holm, judge, paired_comparison, seed_summary,
+                             wilcoxon_summary)
 from ..models.deepdosenet import DeepDoseNet
 from ..models.scaled import ScaledDose
 from ..phantom import PhantomDoseDataset, make_patient, optimise_plan
@@ -75,6 +76,7 @@ __all__ = [
     "scores", "best_arm", "table1", "claims_table", "structure_means", "structure_table", "leaderboard_table", "tables",
     "SHARP_BEST_GAMMA", "DVH_SWEEP", "BENCHMARK_ARMS", "STUDY_ARMS", "SharpPlusDVHLoss", "sweep_arm", "sharp_arm",
     "prescription_dose", "evaluate_baseline", "baseline_scores", "dose_error_in_structures",
+    "sweep_weights", "sweep_table", "chosen_weight", "dose_error_parts", "dose_error_parts_table",
     "fit_profile", "example_case", "relaxed_vs_exact", "dvh_loss_gradient",
     "plot_learning_curves", "plot_structure_errors", "plot_sample",
 ]
@@ -752,10 +754,84 @@ def table1(study) -> Markdown:
             p = PAPER_TABLE1.get((arm, phase), (np.nan, np.nan, "–"))
             rows.append((arm, phase, _mean_sd(ours["dvh_score"]), _mean_sd(ours["dose_score"]), str(n),
                          p[0], p[1], str(p[2])))
+    if study.extras(study.seeds[0]).get("baseline") is not None:
+        b = baseline_scores(study)
+        rows.append(("prescription in each PTV (no model)", "test", b["dvh_score"], b["dose_score"], str(b["n"]),
+                     np.nan, np.nan, "–"))
     sd = " (mean ± sd over seeds)" if len(study.seeds) > 1 else ""
     return Markdown(markdown_table(
         ["loss", "phase", f"ours: DVH score (Gy){sd}", "ours: dose score (Gy)", "ours: N",
          "paper: DVH score (Gy)", "paper: dose score (Gy)", "paper: N"], rows))
+
+
+def sweep_weights(study) -> dict:
+    """``{w: arm}`` of the MAE + DVH arms in ``study`` by DVH weight (``cfg.dvh_weight`` is the arm ``"MAE+DVH"``)."""
+    out = {float(study.config["dvh_weight"]): "MAE+DVH"} if "MAE+DVH" in study.arms else {}
+    out.update({w: sweep_arm(w) for w in DVH_SWEEP if sweep_arm(w) in study.arms})
+    return dict(sorted(out.items()))
+
+
+def sweep_table(study) -> Markdown:
+    """The DVH-weight sweep: validation and test scores of MAE + DVH for each weight (mean ± sd over seeds).
+
+    The weight is chosen on the validation patients (lowest mean validation score, one choice per
+    score, marked); the test columns only show what that choice gives.
+    """
+    arms = sweep_weights(study)
+    if len(arms) < 2:
+        raise ValueError(f"the study has fewer than two DVH weights: {arms}")
+    val = {w: scores(study, a, "validation") for w, a in arms.items()}
+    test = {w: scores(study, a, "test") for w, a in arms.items()}
+    pick = {k: min(arms, key=lambda w: float(np.mean(val[w][k]))) for k in ("dose_score", "dvh_score")}
+    rows = []
+    for w, a in arms.items():
+        mark = " and ".join({"dose_score": "dose score", "dvh_score": "DVH score"}[k]
+                            for k in ("dose_score", "dvh_score") if pick[k] == w)
+        rows.append((f"{w:g}", a, _mean_sd(val[w]["dose_score"]), _mean_sd(val[w]["dvh_score"]),
+                     _mean_sd(test[w]["dose_score"]), _mean_sd(test[w]["dvh_score"]), mark))
+    return Markdown(markdown_table(["w", "arm", "validation dose score (Gy)", "validation DVH score (Gy)",
+                                    "test dose score (Gy)", "test DVH score (Gy)", "lowest on validation"], rows))
+
+
+def chosen_weight(study, score: str = "dose_score") -> float:
+    """The DVH weight with the lowest mean validation ``score`` among the study's MAE + DVH arms."""
+    if score not in _SCORES:
+        raise ValueError(f"score must be one of {sorted(_SCORES)}, got {score!r}")
+    arms = sweep_weights(study)
+    if not arms:
+        raise ValueError("the study has no MAE + DVH arm")
+    return min(arms, key=lambda w: float(np.mean(scores(study, arms[w], "validation")[score])))
+
+
+def dose_error_parts(study, a: str = "MAE", b: str = "MAE+DVH", n_boot: int = 10000) -> dict:
+    """Where ``b`` changes the dose error relative to ``a``: inside the ROIs, and in the rest of the mask.
+
+    The dose error of a patient is the sum of its part inside the ROIs
+    (:func:`dose_error_in_structures`) and its part elsewhere in the possible-dose mask; the DVH
+    loss acts only on the first. Returns ``{"whole" | "in ROIs" | "elsewhere": paired comparison}``
+    (:func:`rtlearn.metrics.stats.paired_comparison`: seed-averaged per patient, median paired
+    difference ``b - a`` with its bootstrap CI and Wilcoxon p, not adjusted: exploratory).
+    """
+    for arm in (a, b):
+        if arm not in study.arms:
+            raise ValueError(f"no arm {arm!r} in the study; it has {study.arms}")
+    whole = {arm: study.metric("dose_error", arm) for arm in (a, b)}
+    inside = {arm: study.metric("dose_error_in_structures", arm) for arm in (a, b)}
+    parts = {"whole": whole, "in ROIs": inside, "elsewhere": {arm: whole[arm] - inside[arm] for arm in (a, b)}}
+    return {k: paired_comparison(v[a], v[b], n_boot=n_boot) for k, v in parts.items()}
+
+
+def dose_error_parts_table(study, pairs=(("MAE", "MAE+DVH"), ("MSE", "MAE+DVH"), ("MSE", "MAE"))) -> Markdown:
+    """:func:`dose_error_parts` for several pairs: means of A and B and the median paired difference with its CI."""
+    rows = []
+    for a, b in pairs:
+        if a not in study.arms or b not in study.arms:
+            continue
+        for part, r in dose_error_parts(study, a, b).items():
+            rows.append((f"{b} − {a}", part, r["a_mean"], r["b_mean"], r["diff"], f"[{r['ci_lo']:.3f}, {r['ci_hi']:.3f}]",
+                         _fmt_p(r["p"]), str(r["n_cases"])))
+    return Markdown(markdown_table(["B − A", "part of the dose error", "A (Gy)", "B (Gy)", "median B − A (Gy)",
+                                    "95% CI", "p (Wilcoxon, unadjusted)", "N"], rows, fmt="{:.3f}"))
 
 
 def claims_table(study, rows=None) -> Markdown:
@@ -834,8 +910,13 @@ def leaderboard_table(study) -> Markdown:
     for arm in ARM_NAMES:
         rows.append((f"DeepDoseNet {arm}", paper_score(arm, "test", "dose_score"),
                      paper_score(arm, "test", "dvh_score"), "the paper's Table 1 (not a leaderboard entry)"))
-    src = ("ours, phantom test (not comparable)" if study.config.get("source") == "phantom"
-           else "ours, OpenKBP test")
+    cfg = study.config
+    if cfg.get("source") == "phantom":
+        src = "ours, phantom test (not comparable)"
+    else:
+        grid = "3D" if cfg.get("dims") == 3 else f"2D slices at {128 // int(cfg.get('downsample', 1))}²"
+        src = (f"ours, OpenKBP test: {len(study.cases)} patients with a CT, {grid}, scored on 128³, "
+               f"mean of {len(study.seeds)} seed(s)")
     for arm in study.arms:
         s = scores(study, arm, "test")
         rows.append((f"ours: DeepDoseNet {arm}", float(np.mean(s["dose_score"])), float(np.mean(s["dvh_score"])),
