@@ -14,10 +14,16 @@ OpenKBP dose and DVH scores (:mod:`rtlearn.metrics.openkbp`) on the validation
 and test patients, as in Table 1 of Soomro et al. Two data sources share this
 code path:
 
-* ``"phantom"`` (quick and study profiles): 2D head-and-neck phantom slices
+* ``"phantom"`` (quick profile): 2D head-and-neck phantom slices
   (:class:`rtlearn.phantom.PhantomDoseDataset`, OpenKBP's ROI names), CPU;
-* ``"openkbp"`` (full profile): the OpenKBP challenge data
-  (:class:`rtlearn.data.openkbp.OpenKBPDataset`), official split, 3D, GPU.
+* ``"openkbp"`` (study and full profiles): the OpenKBP challenge data
+  (:class:`rtlearn.data.openkbp.OpenKBPDataset`), official split; 2D slices at
+  64² on a CPU (study), 3D on a GPU (full).
+
+The study and full profiles also train the other arms of the closing benchmark
+(:data:`BENCHMARK_ARMS`: the sharp loss at two γ and the sharp loss + DVH, see
+:mod:`rtlearn.experiments.dose_benchmark`) and a sweep of the DVH weight
+(:data:`DVH_SWEEP`), so that one recorded study serves both chapters.
 
 The chapter's shape::
 
@@ -34,7 +40,8 @@ Choices the paper leaves open (ours, stated): the DVH-loss weight ``w``
 (default 80, i.e. the DVH term expressed as the area between the relaxed DVH
 curves over 0-80 Gy, in Gy, so that it is on the scale of the MAE); 64
 thresholds over 0-80 Gy with steepness 1; "decay = 0.0001" read as Adam's
-weight decay; model selection by the lowest validation loss of each model.
+weight decay (with the paper's betas 0.9, 0.99); model selection by the lowest
+validation loss of each model.
 """
 from __future__ import annotations
 
@@ -249,16 +256,14 @@ class Config:
     --seeds 0-<n_seeds - 1>``). ``bench_size``: the cube edge (voxels) at which
     the chapter times the losses (:mod:`rtlearn.bench.losses`).
 
-    Cost of the ``study`` profile (200 / 40 / 100 phantom patients, width 24,
-    batches of 8, at most 200 epochs, early stopping after 20), measured with one
-    thread on the shared 2-core AMD EPYC build machine (torch 2.13 CPU, 1 December
-    2026): a 3-epoch run of the three arms took 3.3 s of CPU time per epoch and arm
-    (training and validation; 7-9 s wall under the machine's load), and the MAE+DVH
-    arm of seed 0 trained to its early stop in 62 epochs (best epoch 42), 181 s of
-    CPU time (607 s wall under load). Estimate: about 9 min per seed on an idle
-    thread (3 arms x about 60 epochs x 3 s, plus scoring in seconds), at most
-    about 30 min (3 arms x 200 epochs); 5 seeds, about 45 min on one thread or
-    half that as two processes side by side.
+    Cost of the ``study`` profile (OpenKBP, 169 / 33 / 83 patients with a CT, 64²
+    slices, 1,700 training slices, width 12, batches of 8, at most 40 epochs,
+    early stopping after 8, the 8 arms of :data:`STUDY_ARMS`), measured on the
+    shared 2-core AMD EPYC build machine (torch 2.13 CPU, 2 December 2026): about
+    10 s per epoch and arm on an idle thread (training and validation loss), 1-2 min
+    to score the validation and test patients per arm; the recorded study ran its
+    three seeds as three 1-thread processes on 2 cores in 75 min of wall time
+    (about 71 min per seed process), every run but one stopping early.
     """
 
     source: str = "phantom"
@@ -350,11 +355,13 @@ def default_config(profile: str | None = None, **overrides) -> Config:
       OpenKBP's in-plane voxel size), 24 train / 6 validation / 10 test patients,
       a DeepDoseNet of width 12, 20 epochs at learning rate 2e-3 (so that 20
       epochs suffice), no early stopping: a demonstration on a CPU.
-    * ``study``: the same phantom slices, OpenKBP's split sizes 200 / 40 / 100,
-      width 24, batches of 8, the paper's learning rate 1e-3, the learning rate
-      x0.1 after 8 epochs and a stop after 20 epochs without a lower validation
-      loss (at most 200 epochs), 5 seeds; one thread of a CPU (about 9 min per
-      seed, see :class:`Config`).
+    * ``study``: OpenKBP on a CPU: every patient with a CT, 2D slices at 64²
+      (2 x 2 block means; every 8th slice through the possible-dose mask for
+      training, every 4th for the validation loss, every slice for scoring on
+      128³), DeepDoseNet of depth 3 and width 12, batches of 8, the paper's Adam
+      (lr 1e-3, betas 0.9 / 0.99, decay 1e-4), the learning rate x0.1 after 4
+      epochs and a stop after 8 epochs without a lower validation loss (at most 40),
+      every arm of :data:`STUDY_ARMS`, 3 seeds (about 71 min per seed, see :class:`Config`).
     * ``full``: OpenKBP 3D, the official 200 / 40 / 100 split (all patients with a
       dose and, since CT is an input, a CT), the paper's 200 epochs, batch 2 and
       learning rate 1e-3, DeepDoseNet of width 32; needs a GPU.
