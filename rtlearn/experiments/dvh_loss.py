@@ -530,6 +530,13 @@ def dose_error_in_structures(pred, case) -> float:
                  / np.count_nonzero(pdm))
 
 
+def _openkbp_items(model, ds):
+    """``(case, prediction)`` per patient of an OpenKBP dataset; each record is expanded once."""
+    for pid in ds.patients:
+        case = dict(ds.patient_arrays(pid), patient=pid)
+        yield case, predict_patient(model, ds, pid, possible_dose_mask=case["possible_dose_mask"])
+
+
 def metric_names() -> list:
     """``(roi, metric)`` pairs of the OpenKBP DVH score: OARs D_0.1_cc and mean, PTVs D_99, D_95, D_1."""
     return [(r, m) for r in OARS for m in OAR_METRICS] + [(r, m) for r in TARGETS for m in TARGET_METRICS]
@@ -567,7 +574,7 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
         items = [(c, np.clip(p, 0, None) * c["possible_dose_mask"]) for c, p in zip(cases, preds)]
     else:
         ds = data.raw[split]
-        items = ((dict(ds.patient_arrays(pid), patient=pid), predict_patient(model, ds, pid)) for pid in ds.patients)
+        items = _openkbp_items(model, ds)
     inside = []
     for case, pred in tqdm(items, desc=f"score {split}", disable=not progress):
         e = _metric_errors(pred, case)

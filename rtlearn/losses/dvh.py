@@ -99,7 +99,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import check_positive_number, check_tensor, zero_loss
+from ._checks import (accumulation_dtype, check_finite, check_positive_number, check_reference_dose, check_tensor,
+                      zero_loss)
 from .dose import masked_mae
 
 __all__ = ["dvh_thresholds", "soft_dvh", "dvh_loss", "DVHLoss", "mae_plus_dvh_loss", "MAEPlusDVHLoss"]
@@ -161,22 +162,6 @@ def dvh_thresholds(bins=DEFAULT_BINS, dose_range=DEFAULT_RANGE, bin_width=None, 
 
 
 # --------------------------------------------------------------------------- input checks
-def _accumulation_dtype(*tensors) -> torch.dtype:
-    """float64 if any input is float64, else float32 (also for float16 / bfloat16 inputs)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _check_finite(x: torch.Tensor, name: str, nonnegative: bool = False) -> None:
-    """``ValueError`` on NaN / inf (and on negative values if ``nonnegative``), in one pass over ``x``."""
-    lo, hi = torch.aminmax(x.detach().reshape(-1))
-    lo, hi = float(lo), float(hi)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        n = int((~torch.isfinite(x.detach())).sum())
-        raise ValueError(f"{name} contains {n} NaN or infinite value(s); expected finite values")
-    if nonnegative and lo < 0:
-        raise ValueError(f"{name} has negative values (min {lo:.4g}); a reference dose must be >= 0")
-
-
 def _check_method(method) -> str:
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -413,7 +398,7 @@ def soft_dvh(dose, mask, bins=DEFAULT_BINS, steepness: float = 1.0, dose_range=D
         dose). An empty structure raises ``ValueError``.
     """
     check_tensor(dose, "dose")
-    _check_finite(dose, "dose")
+    check_finite(dose, "dose")
     check_positive_number(steepness, "steepness")
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
@@ -427,7 +412,7 @@ def soft_dvh(dose, mask, bins=DEFAULT_BINS, steepness: float = 1.0, dose_range=D
     counts = torch.bincount(seg, minlength=S)
     if bool((counts == 0).any()):
         raise ValueError(f"structure(s) {torch.nonzero(counts == 0).flatten().tolist()} are empty; a DVH needs >= 1 voxel")
-    dtype = _accumulation_dtype(dose)
+    dtype = accumulation_dtype(dose)
     relaxed = _Relaxed(bins, dose_range, bin_width, steepness, method, chunk_size, flat.numel(), S, dtype, dose.device)
     values = dose.reshape(-1)[flat - seg * N].to(dtype)
     dvh = relaxed(values, seg, S) / counts.to(dtype)[:, None]
@@ -482,14 +467,14 @@ def dvh_loss(pred, target, structures, available=None, bins=DEFAULT_BINS, steepn
     check_tensor(target, "target")
     if tuple(pred.shape) != tuple(target.shape):
         raise ValueError(f"pred has shape {tuple(pred.shape)} but target has shape {tuple(target.shape)}")
-    _check_finite(pred, "pred")
-    _check_finite(target, "target", nonnegative=True)
+    check_finite(pred, "pred")
+    check_reference_dose(target, "target")
     check_positive_number(steepness, "steepness")
     _check_method(method)
     if not isinstance(structures, torch.Tensor):
         raise TypeError(f"structures must be a torch.Tensor, got {type(structures).__name__}")
     P = _spatial_layout(pred, structures)
-    dtype = _accumulation_dtype(pred, target)
+    dtype = accumulation_dtype(pred, target)
     B, S = structures.shape[:2]
     M = _as_bool(structures.reshape(B, S, -1), "structures")
     N = M.shape[2]

@@ -17,7 +17,8 @@ from .format import SHAPE
 
 
 @torch.no_grad()
-def predict_patient(model, dataset, patient: str, device=None, batch_size: int = 16) -> np.ndarray:
+def predict_patient(model, dataset, patient: str, device=None, batch_size: int = 16,
+                    possible_dose_mask=None) -> np.ndarray:
     """Predicted dose (Gy, float64) of one patient on the full grid, OpenKBP ``(Y, X, Z)`` order.
 
     Parameters
@@ -32,6 +33,10 @@ def predict_patient(model, dataset, patient: str, device=None, batch_size: int =
         Default: the device of the model's parameters.
     batch_size : int
         Slices per forward pass (2D).
+    possible_dose_mask : array of bool, optional
+        The patient's (128, 128, 128) possible-dose mask, when the caller already
+        holds it (``dataset.patient_arrays(patient)["possible_dose_mask"]``, which
+        is read when omitted); saves expanding the patient's record a second time.
     """
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -55,7 +60,12 @@ def predict_patient(model, dataset, patient: str, device=None, batch_size: int =
                     out[...] = np.transpose(p, (1, 2, 0))          # (Z, Y, X) -> (Y, X, Z)
     finally:
         model.train(was_training)
-    pdm = dataset.patient_arrays(patient)["possible_dose_mask"]
+    if possible_dose_mask is None:
+        pdm = dataset.patient_arrays(patient)["possible_dose_mask"]
+    else:
+        pdm = np.asarray(possible_dose_mask)
+        if pdm.shape != SHAPE:
+            raise ValueError(f"possible_dose_mask has shape {pdm.shape}, expected {SHAPE}")
     return out * pdm
 
 

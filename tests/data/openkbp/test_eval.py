@@ -32,3 +32,8 @@ def test_predict_patient_assembles_full_grid(phantom_openkbp, dims, downsample):
     assert scores["dose_score"] == pytest.approx(dose_error(3.0 * ref["possible_dose_mask"], ref["dose"],
                                                             ref["possible_dose_mask"]))
     assert scores["n_patients"] == 1 and np.isfinite(scores["dvh_score"])
+    # a mask the caller already holds gives the same prediction; a mask of the wrong shape fails clearly
+    same = predict_patient(_Constant(3.0), ds, "pt_201", possible_dose_mask=ref["possible_dose_mask"])
+    np.testing.assert_array_equal(same, pred)
+    with pytest.raises(ValueError, match="possible_dose_mask"):
+        predict_patient(_Constant(3.0), ds, "pt_201", possible_dose_mask=ref["possible_dose_mask"][:-1])
