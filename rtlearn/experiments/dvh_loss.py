@@ -565,18 +565,21 @@ def evaluate_model(model, data: ExperimentData, split: str, keep: int = 0, progr
         NaN where the ROI is absent}`` and ``predictions`` (the first ``keep`` patients'
         predicted doses).
     """
-    names = metric_names()
-    patients, dose_err, dvh_err, cells, kept = [], [], [], [], []
-    per_metric = {k: [] for k in names}
     if data.source == "phantom":
         cases = _phantom_cases(data, split)
         preds = _predict_phantom(model, data, split)
         items = [(c, np.clip(p, 0, None) * c["possible_dose_mask"]) for c, p in zip(cases, preds)]
     else:
-        ds = data.raw[split]
-        items = _openkbp_items(model, ds)
-    inside = []
-    for case, pred in tqdm(items, desc=f"score {split}", disable=not progress):
+        items = _openkbp_items(model, data.raw[split])
+    return _score(items, f"score {split}", progress, keep)
+
+
+def _score(items, desc: str, progress: bool, keep: int = 0) -> dict:
+    """The OpenKBP scores of ``(case, prediction)`` pairs (see :func:`evaluate_model`)."""
+    names = metric_names()
+    patients, dose_err, dvh_err, cells, kept, inside = [], [], [], [], [], []
+    per_metric = {k: [] for k in names}
+    for case, pred in tqdm(items, desc=desc, disable=not progress):
         e = _metric_errors(pred, case)
         patients.append(case["patient"])
         dose_err.append(dose_error(pred, case["dose"], case["possible_dose_mask"]))
@@ -617,28 +620,14 @@ def evaluate_baseline(data: ExperimentData, split: str = "test", progress: bool 
     Returns ``dose_score``, ``dvh_score`` (Gy), ``patients``, ``dose_error``, ``dvh_error`` and
     ``metric_errors`` as :func:`evaluate_model` does.
     """
-    names = metric_names()
     if data.source == "phantom":
         cases = _phantom_cases(data, split)
     else:
         ds = data.raw[split]
         cases = (dict(ds.patient_arrays(pid), patient=pid) for pid in ds.patients)
-    patients, dose_err, dvh_err, cells, inside = [], [], [], [], []
-    per_metric = {k: [] for k in names}
-    for case in tqdm(cases, desc=f"baseline {split}", disable=not progress):
-        pred = prescription_dose(case["rois"], case["dose"].shape) * case["possible_dose_mask"]
-        e = _metric_errors(pred, case)
-        patients.append(case["patient"])
-        dose_err.append(dose_error(pred, case["dose"], case["possible_dose_mask"]))
-        inside.append(dose_error_in_structures(pred, case))
-        dvh_err.append(float(np.mean(list(e.values()))))
-        cells.extend(e.values())
-        for k in names:
-            per_metric[k].append(e.get(k, np.nan))
-    return {"dose_score": float(np.mean(dose_err)), "dvh_score": float(np.mean(cells)), "patients": patients,
-            "dose_error": np.asarray(dose_err), "dvh_error": np.asarray(dvh_err),
-            "dose_error_in_structures": np.asarray(inside),
-            "metric_errors": {k: np.asarray(v, float) for k, v in per_metric.items()}}
+    items = ((case, prescription_dose(case["rois"], case["dose"].shape) * case["possible_dose_mask"])
+             for case in cases)
+    return _score(items, f"baseline {split}", progress)
 
 
 # ---- one seed: every arm ------------------------------------------------------------------------------------------
