@@ -65,8 +65,8 @@ def step_costs(cfg, arms=None, repeats: int = 10, device="cpu", pin_malloc: bool
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     device = torch.device(device)
-    small = replace(cfg, n_train=2 if cfg.source == "openkbp" else max(cfg.batch_size, 2), n_val=1 if
-                    cfg.source == "openkbp" else 1, n_test=2, device=str(device))
+    small = replace(cfg, n_train=2 if cfg.source == "openkbp" else max(cfg.batch_size, 2), n_val=1, n_test=2,
+                    device=str(device))
     data = dvh_loss.load_data(small, progress=progress)
     n = min(cfg.batch_size, len(data.train))
     items = [data.train[i] for i in range(n)]

@@ -62,7 +62,7 @@ from ..data.openkbp import dataset as openkbp
 from ..data.openkbp.eval import predict_patient
 from ..data.openkbp.format import spacing_zyx, to_zyx
 from ..losses.dose import MaskedMAELoss, MaskedMSELoss, masked_mae
-from ..losses.dvh import MAEPlusDVHLoss, dvh_loss, soft_dvh
+from ..losses.dvh import DVHLoss, MAEPlusDVHLoss, dvh_loss, soft_dvh
 from ..losses.sharp import SharpLoss
 from ..metrics.openkbp import OAR_METRICS, TARGET_METRICS, dose_error, dvh_metrics_openkbp
 from ..metrics.stats import (Claim, format_comparison, holm, judge, paired_comparison, seed_summary,
@@ -156,16 +156,19 @@ class SharpPlusDVHLoss(torch.nn.Module):
 
     def __init__(self, gamma: float = 100.0, norm: float = 70.0, weight: float = 80.0, **dvh_kwargs):
         super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        self.weight = float(weight)
         self.sharp = SharpLoss(gamma=gamma, norm=norm)
-        self.dvh = MAEPlusDVHLoss(weight=weight, **dvh_kwargs)
+        self.dvh = DVHLoss(**dvh_kwargs)
 
     def forward(self, pred, target, dose_mask, structures=None):
         out = self.sharp.norm ** 2 * self.sharp(pred, target, dose_mask)
-        if self.dvh.weight == 0:
+        if self.weight == 0:
             return out
         if structures is None:
             raise ValueError("structures are needed for the DVH term (weight > 0)")
-        return out + self.dvh.weight * dvh_loss(pred, target, structures, **self.dvh.dvh.kwargs)
+        return out + self.weight * self.dvh(pred, target, structures)
 
 
 def _sharp(gamma: float, with_dvh: bool = False):
@@ -785,7 +788,7 @@ def sweep_table(study) -> Markdown:
         raise ValueError(f"the study has fewer than two DVH weights: {arms}")
     val = {w: scores(study, a, "validation") for w, a in arms.items()}
     test = {w: scores(study, a, "test") for w, a in arms.items()}
-    pick = {k: min(arms, key=lambda w: float(np.mean(val[w][k]))) for k in ("dose_score", "dvh_score")}
+    pick = {k: chosen_weight(study, k) for k in ("dose_score", "dvh_score")}
     rows = []
     for w, a in arms.items():
         mark = " and ".join({"dose_score": "dose score", "dvh_score": "DVH score"}[k]

@@ -1119,8 +1119,8 @@ def band_contributions(study, a: str = MSE_ARM, b: str | None = None) -> dict:
     difference between arms ``b`` and ``a`` is the sum over bands of the band's
     share of the body voxels times the difference of the band's MADs:
 
-    .. math:: \mathrm{MAD}_b - \mathrm{MAD}_a = \sum_k rac{n_k}{n}\,
-       ig(\mathrm{MAD}_{b,k} - \mathrm{MAD}_{a,k}ig)
+    .. math:: \mathrm{MAD}_b - \mathrm{MAD}_a = \sum_k \frac{n_k}{n}\,
+       \big(\mathrm{MAD}_{b,k} - \mathrm{MAD}_{a,k}\big)
 
     Returns ``{band: {"share": fraction of body voxels, "a": MAD of a, "b": MAD of b, "contribution": cGy}}``
     with the MADs averaged over seeds (Table 1's pooled values), and ``"total"``: the sum of the
