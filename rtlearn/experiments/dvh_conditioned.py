@@ -40,7 +40,7 @@ from .._validate import check_int
 from ..config import check_overrides, check_profile, data_root, get_device
 from ..config import profile as active_profile
 from ..io import load_npz, save_npz
-from ..metrics.stats import Claim, format_comparison, judge, seed_summary
+from ..metrics.stats import Claim, bound_check, format_comparison, judge, seed_summary
 from ..models.conditional_unet import ConditionalUNet
 from ..pareto import (DEFAULT_MAX_RELATIVE_DOSE, PAPER_N_BINS, ParetoPairs, check_dvh_vector, dvh_dose_points,
                       dvh_vector, inverse_time_lr, normalise_to_mean, project_to_pareto)
@@ -54,7 +54,10 @@ __all__ = ["STRUCTURES", "ERROR_STRUCTURES", "PAPER_TABLE1", "PAPER_N_FIT", "PAP
            "build_model", "run", "predict", "evaluate_pairs", "case_metrics", "summary_table", "format_table",
            "tradeoff_dvh", "tradeoff_front", "largest_errors", "tables", "figures", "plot_pareto_fronts",
            "plot_projection", "plot_histories", "plot_errors", "plot_case_errors", "plot_tradeoffs",
-           "plot_anatomy_only_errors", "plot_tradeoff", "plot_front", "plot_slider_sweep"]
+           "plot_anatomy_only_errors", "plot_tradeoff", "plot_front", "plot_slider_sweep", "TABLE_METRICS",
+           "REPLAN_X", "REPLAN_PTV_WEIGHT", "REPRODUCTION_FACTOR", "REPRODUCTION_ALPHA", "front_gap", "replan_front",
+           "replan_metrics", "replan_summary", "replan_table", "reproduction", "format_reproduction", "plot_replan",
+           "offset_diagnostics", "offset_table"]
 
 #: structures of the anatomy channels and of the DVH vector, in the paper's order (phantom names)
 STRUCTURES = ("PTV", "Rectum", "Bladder", "body")
@@ -73,9 +76,14 @@ PAPER_N_FIT, PAPER_N_TEST, PAPER_N_PLANS = 77, 20, 10
 PAPER_EPOCHS, PAPER_LR, PAPER_DECAY, PAPER_DROPOUT, PAPER_BATCH_SIZE = 300, 1e-3, 0.002, 0.2, 3
 
 # ---- arms, metrics, claims -----------------------------------------------------------------------------------
-#: the compared arms: name -> the ``conditional`` flag of :class:`~rtlearn.models.conditional_unet.ConditionalUNet`
-#: (the same network, loss, pairs and initial weights; the anatomy-only arm never sees the DVH vector)
-ARMS = {"conditional": True, "anatomy only": False}
+#: the compared arms: name -> arguments of :class:`~rtlearn.models.conditional_unet.ConditionalUNet` (the same
+#: network, loss, pairs and initial weights). The anatomy-only arm never sees the DVH vector. Every dose of the
+#: data is normalised to its PTV mean, and so is every prediction of the first two arms (``normalise_channel=0``,
+#: the PTV mask); "conditional, unnormalised" is the network without that output normalisation, whose PTV level
+#: is free to drift (the chapter measures how far).
+ARMS = {"conditional": {"conditional": True, "normalise_channel": 0},
+        "anatomy only": {"conditional": False, "normalise_channel": 0},
+        "conditional, unnormalised": {"conditional": True, "normalise_channel": None}}
 
 #: per-test-patient metrics of :func:`run` (% of the prescription; each patient averaged over its desired DVHs)
 METRICS = {
@@ -84,7 +92,14 @@ METRICS = {
     **{f"mean_error_{s.lower()}": f"absolute {s} mean-dose error" for s in ERROR_STRUCTURES},
     **{f"max_error_{s.lower()}": f"absolute {s} max-dose error" for s in ERROR_STRUCTURES},
     "body_mae": "mean absolute dose error over the body",
+    "replan_gap": "absolute difference of re-planned and predicted rectum and bladder mean dose along the slider",
+    "front_gap_predicted": "predicted bladder dose minus the true front's at the same rectum dose",
+    "front_gap_replanned": "re-planned bladder dose minus the true front's at the same rectum dose",
+    **{f"bias_{kind}_{s.lower()}": f"signed (true - predicted) {s} {kind}-dose error" for kind in ("mean", "max")
+       for s in STRUCTURES},
 }
+#: the metrics of the per-patient table (the signed ``bias_*`` ones feed :func:`reproduction`)
+TABLE_METRICS = tuple(k for k in METRICS if not k.startswith("bias_"))
 
 #: The paper's premise, stated before any number is seen: a network given the desired DVH predicts the chosen
 #: Pareto plan better than the same network given the anatomy alone (which can only learn the average plan).
@@ -94,7 +109,17 @@ CLAIMS = (
           "Conditioning on the desired DVH lowers the mean-dose error of PTV, rectum and bladder"),
     Claim("max_error", "anatomy only", "conditional", "lower",
           "Conditioning on the desired DVH lowers the maximum-dose error of PTV, rectum and bladder"),
+    Claim("mean_error_ptv", "conditional, unnormalised", "conditional", "lower",
+          "Normalising the prediction to its PTV mean, as the data are, lowers the PTV mean-dose error"),
 )
+
+#: The reproduction rule, stated before the study ran: the paper's headline errors (its largest average
+#: mean-dose and max-dose error over the four structures of Table 1, :data:`PAPER_TABLE1`) count as reproduced
+#: when the upper end of our bootstrap interval (:func:`rtlearn.metrics.stats.bound_check`, test patients
+#: resampled) is at most ``REPRODUCTION_FACTOR`` times the paper's; not reproduced when its lower end is above;
+#: unresolved otherwise. The two checks share a family-wise error of ``REPRODUCTION_ALPHA`` (Bonferroni: each
+#: interval at level 1 - alpha / 2).
+REPRODUCTION_FACTOR, REPRODUCTION_ALPHA = 1.5, 0.05
 
 
 # ---- configuration -------------------------------------------------------------------------------------------
@@ -121,6 +146,9 @@ class Config:
     :math:`K = 10M`) in batches of ``batch_size``; the best validation epoch is
     restored. Evaluation: ``eval_samples`` desired DVHs per test patient,
     drawn with ``eval_seed``. ``arms``: names in :data:`ARMS`.
+    ``dropout_grid``: when given, :func:`run` trains the conditional arm once
+    per rate :math:`r_0` in it, keeps the one with the lowest validation loss
+    and trains every other arm with that rate (``dropout`` is then unused).
 
     Profiles (:func:`default_config`):
 
@@ -132,16 +160,16 @@ class Config:
         64 training, 13 validation (the paper's 77 together) and 20 test
         patients (the paper's 20), the quick grid, network and optimiser, at
         most 100 epochs of :math:`K = 10M = 640` pairs, early stopping after 10
-        epochs without a lower validation loss. Cost, measured with a 3-epoch
-        run on one thread of this 2-core machine (shared with other jobs, load
-        about 9): one epoch of one arm takes 9 s of CPU time (24 s wall under
-        that load), evaluation about 1 s; so a seed costs at most
-        2 x 100 x 9 s = 30 min on one free thread, less when early stopping
-        ends a run. Planning the 97 patients (once per study, not per seed)
-        took 135 s wall. Seeds: at least 3 (a seed can exceed 10 min); the
-        chapter's command records 5, two processes side by side:
-        ``python -m rtlearn.study dvh_conditioned --profile study --seeds 0,2,4 --threads 1``
-        and ``--seeds 1,3``.
+        epochs without a lower validation loss; all three :data:`ARMS`, and
+        the dropout rate chosen on the validation patients from
+        :math:`r_0 \in \{0, 0.2\}` (none, the paper's). Cost on one thread of
+        this 2-core machine: an epoch of one network takes about 9 s of CPU
+        time, so a seed (four networks: two for the dropout choice, then the
+        anatomy-only and the unnormalised arm) costs at most 4 x 100 x 9 s =
+        60 min, less when early stopping ends a run; planning the 97 patients
+        takes about 2 min per process. Seeds: 3, one process each
+        (``python -m rtlearn.study dvh_conditioned --profile study --seeds 0
+        --threads 1``, and seeds 1 and 2).
     ``full``
         the paper's data sizes in 3D (67/10/20 patients, 64 x 128 x 128 at
         3 x 3.2 x 3.2 mm), depth 6, the squared error, lr 1e-3, dropout 0.2,
@@ -175,7 +203,8 @@ class Config:
     eval_seed: int = 123
     plan_on_device: bool = False
     cache: bool = False
-    arms: tuple = tuple(ARMS)
+    arms: tuple = ("conditional", "anatomy only")
+    dropout_grid: tuple = ()
 
     def __post_init__(self):
         for name in ("n_train", "n_val", "n_test", "width", "depth", "epochs", "batch_size", "max_channels",
@@ -213,6 +242,14 @@ class Config:
         if not arms or any(a not in ARMS for a in arms) or len(set(arms)) != len(arms):
             raise ValueError(f"arms must be distinct names from {tuple(ARMS)}, got {self.arms!r}")
         object.__setattr__(self, "arms", arms)
+        grid = tuple(self.dropout_grid) if isinstance(self.dropout_grid, (tuple, list)) else None
+        if grid is None or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1
+                               for v in grid) or len(set(grid)) != len(grid):
+            raise ValueError(f"dropout_grid must be distinct rates in [0, 1) (empty: use dropout), "
+                             f"got {self.dropout_grid!r}")
+        if grid and "conditional" not in arms:
+            raise ValueError("dropout_grid chooses the conditional arm's dropout: include 'conditional' in arms")
+        object.__setattr__(self, "dropout_grid", tuple(float(v) for v in grid))
         for name in ("plan_on_device", "cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -223,7 +260,8 @@ _PROFILES = {
     "quick": dict(n_train=16, n_val=3, n_test=6, n_plans=10, dims=2, shape=(48, 48), spacing=8.54, width=16,
                   depth=4, dropout=0.1, loss=nn.L1Loss, lr=2e-3, epochs=30, batch_size=8, early_stopping=None),
     "study": dict(n_train=64, n_val=13, n_test=20, n_plans=10, dims=2, shape=(48, 48), spacing=8.54, width=16,
-                  depth=4, dropout=0.1, loss=nn.L1Loss, lr=2e-3, epochs=100, batch_size=8, early_stopping=10),
+                  depth=4, dropout=0.1, loss=nn.L1Loss, lr=2e-3, epochs=100, batch_size=8, early_stopping=10,
+                  arms=tuple(ARMS), dropout_grid=(0.0, PAPER_DROPOUT)),
     "full": dict(n_train=67, n_val=10, n_test=20, n_plans=10, dims=3, shape=(64, 128, 128),
                  spacing=(3.0, 3.2, 3.2), width=16, depth=6, dropout=PAPER_DROPOUT, loss=nn.MSELoss, lr=PAPER_LR,
                  epochs=150, batch_size=PAPER_BATCH_SIZE, early_stopping=None, plan_on_device=True, cache=True),
@@ -231,7 +269,8 @@ _PROFILES = {
 
 #: overrides that make ``default_config("study", **TINY)`` run one seed in a few seconds
 TINY = dict(n_train=3, n_val=1, n_test=2, n_plans=3, shape=(32, 32), spacing=12.8, max_iter=20, n_bins=8, width=4,
-            depth=3, epochs=2, batch_size=2, samples_per_epoch=4, eval_samples=2, early_stopping=1)
+            depth=3, epochs=2, batch_size=2, samples_per_epoch=4, eval_samples=2, early_stopping=1,
+            dropout_grid=(0.0, 0.1))
 
 
 def default_config(profile: str | None = None, **overrides) -> Config:
@@ -422,41 +461,61 @@ def load_data(cfg: Config, *, progress: bool = True) -> ParetoData:
 
 
 # ---- model, training, evaluation -----------------------------------------------------------------------------
-def build_model(cfg: Config, arm: str, dvh_length: int | None = None) -> ConditionalUNet:
+def build_model(cfg: Config, arm: str, dvh_length: int | None = None, dropout: float | None = None) -> ConditionalUNet:
     """The network of ``arm`` (a name in :data:`ARMS`) for ``cfg``; build it inside :func:`rtlearn.train.seeded`.
 
-    ``dvh_length`` defaults to ``4 * cfg.n_bins`` (the four :data:`STRUCTURES`).
+    ``dvh_length`` defaults to ``4 * cfg.n_bins`` (the four :data:`STRUCTURES`),
+    ``dropout`` (:math:`r_0`) to ``cfg.dropout``.
     """
     cfg = _check_config(cfg)
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; the arms are {tuple(ARMS)}")
     dvh_length = len(STRUCTURES) * cfg.n_bins if dvh_length is None else check_int(dvh_length, "dvh_length", 1)
+    dropout = cfg.dropout if dropout is None else dropout
     return ConditionalUNet(len(STRUCTURES), 1, dvh_length, dims=cfg.dims, depth=cfg.depth, width=cfg.width,
-                           max_channels=cfg.max_channels, dropout=cfg.dropout, conditional=ARMS[arm])
+                           max_channels=cfg.max_channels, dropout=dropout, **ARMS[arm])
+
+
+def _fit_arm(cfg, arm, seed, data, dropout, progress):
+    """Train one arm (seeded initial weights, the chapter's loss, pairs and schedule): a FitResult."""
+    with seeded(seed):
+        model = build_model(cfg, arm, data.train.dvhs.shape[-1], dropout=dropout)
+    return fit(model, cfg.loss(), data.train.pairs(cfg.samples_per_epoch), val=data.val.pairs(seed=seed + 1),
+               epochs=cfg.epochs, batch_size=cfg.batch_size, val_batch_size=max(cfg.batch_size, 16), seed=seed,
+               lr=cfg.lr, scheduler=inverse_time_lr(cfg.decay), scheduler_interval="step",
+               input_keys=("input", "dvh"), early_stopping=cfg.early_stopping, progress=progress)
 
 
 def run(cfg: Config, seed: int, *, data: ParetoData | None = None, progress: bool = True) -> dict:
     r"""Train every arm of ``cfg`` for one ``seed`` and evaluate it on the test patients: a run record.
 
     Each arm is the same :func:`build_model` network, built in
-    :func:`rtlearn.train.seeded` (``seed``: the same initial weights for both
-    arms), trained by :func:`rtlearn.train.fit` with the loss object
+    :func:`rtlearn.train.seeded` (``seed``: the same initial weights for every
+    arm), trained by :func:`rtlearn.train.fit` with the loss object
     ``cfg.loss()`` on on-the-fly pairs (:class:`rtlearn.pareto.ParetoPairs`,
     Eq. 5 of :cite:p:`ma2021pareto`), Adam and the learning-rate decay of
     Eq. (6), stepped every update; the validation pairs are fixed (drawn with
-    ``seed + 1``) and the best validation epoch is restored. The test pairs
+    ``seed + 1``) and the best validation epoch is restored. With
+    ``cfg.dropout_grid`` the conditional arm is trained once per rate and the
+    rate with the lowest validation loss is kept for every arm. The test pairs
     (``cfg.eval_samples`` desired DVHs per test patient, drawn with
-    ``cfg.eval_seed``) are the same for every seed and arm.
+    ``cfg.eval_seed``) are the same for every seed and arm. Every test
+    patient's slider predictions are re-planned (:func:`replan_front`).
 
     Returns
     -------
     dict
         ``cases`` (test-patient ids), ``metrics`` ``{arm: {metric: [per
-        patient]}}`` (:data:`METRICS`, :func:`case_metrics`), ``history``
-        ``{arm: per-epoch records}``, ``seconds`` ``{arm: training and
-        evaluation}``, ``extras`` (``table1``: :func:`summary_table` per arm;
-        ``front``: :func:`tradeoff_front` of the first test patient) and
-        ``live`` (``models``, ``results`` of :func:`evaluate_pairs` per arm).
+        patient]}}`` (:data:`METRICS`, :func:`case_metrics`,
+        :func:`replan_metrics`), ``history`` ``{arm: per-epoch records}``,
+        ``seconds`` ``{arm: training and evaluation}``, ``extras``
+        (``table1``: :func:`summary_table` per arm; ``table1_train``: the
+        same on the training patients; ``offset``: :func:`offset_diagnostics`
+        of the unnormalised arm; ``front``:
+        :func:`tradeoff_front` of the first test patient; ``replan``: ``{arm:
+        [replan_front per test patient]}``; ``dropout``: the grid, each rate's
+        best validation loss and the chosen rate) and ``live`` (``models``,
+        ``results`` of :func:`evaluate_pairs` per arm).
     """
     cfg = _check_config(cfg)
     seed = check_int(seed, "seed", 0)
@@ -466,25 +525,43 @@ def run(cfg: Config, seed: int, *, data: ParetoData | None = None, progress: boo
     test = data.test
     record = {"cases": data.cases, "metrics": {}, "history": {}, "seconds": {},
               "extras": {"table1": {}, "front": {"case": data.cases[0], "x": None,
-                                                 "pareto": test.oar_mean_gy[0].tolist(), "predicted": {}}},
+                                                 "pareto": test.oar_mean_gy[0].tolist(), "predicted": {}},
+                         "table1_train": {}, "replan": {}, "offset": {},
+                         "dropout": {"grid": list(cfg.dropout_grid), "val_loss": [],
+                                                   "chosen": cfg.dropout}},
               "live": {"models": {}, "results": {}}}
+    dropout, chosen = cfg.dropout, None
+    if cfg.dropout_grid:
+        t0 = time.perf_counter()
+        fits = [_fit_arm(cfg, "conditional", seed, data, r, progress) for r in cfg.dropout_grid]
+        losses = [float(min(f.history["val_loss"])) for f in fits]
+        k = int(np.argmin(losses))
+        dropout, chosen = cfg.dropout_grid[k], (fits[k], time.perf_counter() - t0)
+        record["extras"]["dropout"].update(val_loss=losses, chosen=dropout)
     for arm in cfg.arms:
         t0 = time.perf_counter()
-        with seeded(seed):
-            model = build_model(cfg, arm, data.train.dvhs.shape[-1])
-        result = fit(model, cfg.loss(), data.train.pairs(cfg.samples_per_epoch), val=data.val.pairs(seed=seed + 1),
-                     epochs=cfg.epochs, batch_size=cfg.batch_size, val_batch_size=max(cfg.batch_size, 16), seed=seed,
-                     lr=cfg.lr, scheduler=inverse_time_lr(cfg.decay), scheduler_interval="step",
-                     input_keys=("input", "dvh"), early_stopping=cfg.early_stopping, progress=progress)
+        if arm == "conditional" and chosen is not None:
+            result, t0 = chosen[0], t0 - chosen[1]
+        else:
+            result = _fit_arm(cfg, arm, seed, data, dropout, progress)
         model = result.model.eval().cpu()
         res = evaluate_pairs(model, test, cfg.eval_samples, seed=cfg.eval_seed)
         front = tradeoff_front(model, test, 0)
+        fronts = [replan_front(model, test, i, cfg) for i in range(len(test))]
         record["seconds"][arm] = time.perf_counter() - t0
-        record["metrics"][arm] = {k: v.tolist() for k, v in case_metrics(res, len(test)).items()}
+        metrics = case_metrics(res, len(test))
+        for name in ("replan_gap", "front_gap_predicted", "front_gap_replanned"):
+            metrics[name] = np.array([replan_metrics(f)[name] for f in fronts])
+        record["metrics"][arm] = {k: np.asarray(metrics[k]).tolist() for k in METRICS}
         record["history"][arm] = [dict(r) for r in result.history.records]
         record["extras"]["table1"][arm] = {k: list(v) for k, v in summary_table(res).items()}
+        record["extras"]["table1_train"][arm] = {k: list(v) for k, v in summary_table(
+            evaluate_pairs(model, data.train, cfg.eval_samples, seed=cfg.eval_seed)).items()}
         record["extras"]["front"]["x"] = front["x"]
         record["extras"]["front"]["predicted"][arm] = front["predicted"]
+        record["extras"]["replan"][arm] = fronts
+        if ARMS[arm].get("normalise_channel") is None:
+            record["extras"]["offset"][arm] = offset_diagnostics(model, data.train, cfg.eval_samples, cfg.eval_seed)
         record["live"]["models"][arm] = model
         record["live"]["results"][arm] = res
     return record
@@ -575,14 +652,75 @@ def evaluate_pairs(model, cohort: ParetoCohort, samples_per_patient: int = 10, s
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
+class _DropoutAverage(nn.Module):
+    """``n`` forward passes with dropout on (batch norm in eval mode), averaged: Monte-Carlo dropout."""
+
+    def __init__(self, model, n: int, seed: int):
+        super().__init__()
+        self.model, self.n, self.seed = model, n, seed
+
+    def forward(self, anatomy, dvh):
+        drops = [m for m in self.model.modules() if isinstance(m, nn.Dropout)]
+        gen = torch.random.fork_rng(devices=[])
+        with gen:
+            torch.manual_seed(self.seed)
+            for m in drops:
+                m.train()
+            try:
+                return torch.stack([self.model(anatomy, dvh) for _ in range(self.n)]).mean(0)
+            finally:
+                for m in drops:
+                    m.eval()
+
+
+@torch.no_grad()
+def offset_diagnostics(model, train: ParetoCohort, samples_per_patient: int = 10, seed: int = 123,
+                       n_dropout: int = 16) -> dict:
+    r"""Where a PTV mean-dose offset comes from: the average PTV error on training pairs under three evaluations.
+
+    ``eval``: the deterministic network (dropout off, batch-norm running
+    statistics), as at test time. ``dropout_mean``: dropout left on and
+    ``n_dropout`` passes averaged (what training saw, in expectation).
+    ``bn_recalibrated``: the running statistics recomputed on the training
+    pairs with dropout off (removes a train/test variance shift of batch
+    norm after dropout). An offset that a train/test mismatch causes shrinks
+    under the last two; one the network learned does not. ``dropout_mean``
+    is None for a network without dropout. Values: true −
+    predicted PTV mean dose, % of Rx, averaged over the pairs of
+    :func:`evaluate_pairs`.
+    """
+    import copy
+
+    model = model.eval().cpu()
+
+    def ptv(m):
+        return float(evaluate_pairs(m, train, samples_per_patient, seed=seed)["mean"][:, 0].mean())
+
+    has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    out = {"eval": ptv(model),
+           "dropout_mean": ptv(_DropoutAverage(model, n_dropout, seed).eval()) if has_dropout else None}
+    recal = copy.deepcopy(model)
+    norms = [m for m in recal.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                                 # a cumulative average over the pass below
+        m.train()
+    for batch in torch.utils.data.DataLoader(train.pairs(samples_per_patient * len(train), seed=seed), batch_size=16):
+        recal(batch["input"], batch["dvh"])
+    out["bn_recalibrated"] = ptv(recal.eval())
+    return out
+
+
 def case_metrics(results: dict, n_patients: int, structures=STRUCTURES) -> dict:
-    r"""Per-patient metrics (:data:`METRICS`) from :func:`evaluate_pairs`: ``{name: array (n_patients,)}``.
+    r"""Per-patient metrics of :data:`METRICS` from :func:`evaluate_pairs`: ``{name: array (n_patients,)}``.
 
     For patient :math:`i` with desired DVHs :math:`k = 1..K_i`, e.g.
     ``mean_error_rectum`` is :math:`\frac{1}{K_i}\sum_k |\Delta^{mean}_{rectum,k}|`
+    and ``bias_mean_rectum`` is :math:`\frac{1}{K_i}\sum_k \Delta^{mean}_{rectum,k}`
     (% of :math:`R_x`); ``mean_error`` and ``max_error`` average the three
     :data:`ERROR_STRUCTURES`; ``body_mae`` is the mean of the body's mean
-    absolute error. A patient without samples gets NaN.
+    absolute error. A patient without samples gets NaN. (The re-planning
+    metrics come from :func:`replan_metrics`.)
     """
     n_patients = check_int(n_patients, "n_patients", 1)
     patient = np.asarray(results["patient"])
@@ -600,7 +738,12 @@ def case_metrics(results: dict, n_patients: int, structures=STRUCTURES) -> dict:
     mae = np.asarray(results["mae"], dtype=np.float64)
     out["body_mae"] = np.array([mae[patient == i].mean() if np.any(patient == i) else np.nan
                                 for i in range(n_patients)])
-    return {k: out[k] for k in METRICS}
+    for kind in ("mean", "max"):
+        signed = np.asarray(results[kind], dtype=np.float64)
+        for k, s in enumerate(structures):
+            out[f"bias_{kind}_{s.lower()}"] = np.array([signed[patient == i, k].mean() if np.any(patient == i)
+                                                        else np.nan for i in range(n_patients)])
+    return {k: out[k] for k in METRICS if k in out}
 
 
 def summary_table(results: dict, structures=STRUCTURES) -> dict:
@@ -681,6 +824,101 @@ def tradeoff_front(model, cohort: ParetoCohort, patient: int = 0, n: int = 11) -
     return {"x": xs.tolist(), "predicted": pr, "pareto": cohort.oar_mean_gy[patient].tolist(), "doses": pred * to_gy}
 
 
+#: slider positions (:func:`tradeoff_dvh`) whose predicted doses :func:`replan_front` turns into deliverable plans
+REPLAN_X = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: dose-mimicking weight of the PTV (:func:`rtlearn.phantom.mimic_plan`; rectum, bladder and the rest of the body: 1)
+REPLAN_PTV_WEIGHT = 10.0
+
+
+def front_gap(points, pareto) -> np.ndarray:
+    r"""Signed distance (same unit as the inputs) of (rectum, bladder) points below (−) or above (+) a Pareto front.
+
+    The front is the polyline through the patient's plans sorted by rectum
+    dose; for a point :math:`(r, b)` the gap is :math:`b - f(r)`, with
+    :math:`f` the front's bladder dose interpolated linearly at :math:`r`
+    (held constant beyond its ends). A negative gap lies *below* the front:
+    lower bladder dose than any plan achieves at that rectum dose, a trade-off
+    that no plan of this planner reaches.
+    """
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    front = np.asarray(pareto, dtype=float)
+    if front.ndim != 2 or front.shape[1] != 2 or front.shape[0] < 2:
+        raise ValueError(f"pareto must be (N >= 2, 2) rectum and bladder doses, got shape {front.shape}")
+    if not (np.all(np.isfinite(pts)) and np.all(np.isfinite(front))):
+        raise ValueError("points and pareto must be finite")
+    order = np.argsort(front[:, 0], kind="stable")
+    return pts[:, 1] - np.interp(pts[:, 0], front[order, 0], front[order, 1])
+
+
+def replan_front(model, cohort: ParetoCohort, patient: int, cfg: Config, xs=REPLAN_X) -> dict:
+    r"""How much of the predicted trade-off can be delivered: dose mimicking of the slider's predictions.
+
+    For each slider position :math:`x` the network predicts the dose of the
+    desired DVH :func:`tradeoff_dvh` (converted to Gy with the patient's
+    average PTV mean dose, as :func:`tradeoff_front` does). The phantom
+    planner then finds the deliverable plan closest to it
+    (:func:`rtlearn.phantom.mimic_plan`, PTV weight
+    :data:`REPLAN_PTV_WEIGHT`), scaled to the prediction's PTV mean dose so
+    that both are compared at the same target dose. The patient is rebuilt
+    from its phantom seed with the grid of ``cfg``; its masks must equal the
+    cohort's.
+
+    Returns
+    -------
+    dict
+        ``x``; ``predicted`` and ``replanned``: ``(len(xs), 2)`` lists of the
+        rectum and bladder mean doses (Gy); ``pareto``: the patient's plans
+        (N x 2, Gy); ``rms_gy``: RMS difference over the body between each
+        prediction and its mimicked plan; ``to_rx``: the factor from Gy to %
+        of the prescription.
+    """
+    from ..phantom import mimic_plan
+
+    cfg = _check_config(cfg)
+    patient = check_int(patient, "patient", 0)
+    if patient >= len(cohort):
+        raise ValueError(f"patient must be below {len(cohort)}, got {patient}")
+    xs = [float(x) for x in xs]
+    p = make_patient("prostate", seed=cohort.seeds[patient], dims=cfg.dims, shape=cfg.shape, spacing=cfg.spacing)
+    masks = cohort.masks(patient)
+    rebuilt = {n: (p.body if n == "body" else p.masks[n]) for n in cohort.structures}
+    if any(not np.array_equal(rebuilt[n], masks[n]) for n in cohort.structures):
+        raise ValueError(f"phantom seed {cohort.seeds[patient]} rebuilt with cfg's grid differs from the cohort's "
+                         f"patient {patient}: pass the Config the cohort was planned with")
+    engine = DoseEngine.for_patient(p)
+    des = torch.stack([tradeoff_dvh(cohort.dvhs[patient], x) for x in xs])
+    to_gy = float(cohort.ptv_mean_gy[patient].mean())
+    pred = predict(model, cohort.anatomy[patient], des, n_bins=cohort.n_bins).numpy().astype(np.float64) * to_gy
+    pred = np.clip(pred, 0.0, None)
+    ptv, organs = masks["PTV"], ("Rectum", "Bladder")
+    out = {"x": xs, "predicted": [], "replanned": [], "pareto": cohort.oar_mean_gy[patient].tolist(), "rms_gy": [],
+           "to_rx": 100.0 / cohort.prescription}
+    for d in pred:
+        plan = mimic_plan(p, d, engine, structure_weights={"PTV": REPLAN_PTV_WEIGHT}, normalise=False)
+        got = plan.dose.astype(np.float64)
+        got *= d[ptv].mean() / max(got[ptv].mean(), 1e-12)
+        out["predicted"].append([float(d[masks[o]].mean()) for o in organs])
+        out["replanned"].append([float(got[masks[o]].mean()) for o in organs])
+        out["rms_gy"].append(float(np.sqrt(np.mean((got - d)[masks["body"]] ** 2))))
+    return out
+
+
+def replan_metrics(front: dict) -> dict:
+    r"""Per-patient deliverability numbers (% of Rx) from :func:`replan_front`.
+
+    ``replan_gap``: mean over slider positions and the two OARs of
+    \|re-planned − predicted\| mean dose; ``front_gap_predicted`` and
+    ``front_gap_replanned``: mean :func:`front_gap` of the predicted and the
+    re-planned points (negative: below the true front, i.e. better than any
+    plan).
+    """
+    pr, rp = np.asarray(front["predicted"], float), np.asarray(front["replanned"], float)
+    k = float(front["to_rx"])
+    return {"replan_gap": float(np.abs(rp - pr).mean() * k),
+            "front_gap_predicted": float(front_gap(pr, front["pareto"]).mean() * k),
+            "front_gap_replanned": float(front_gap(rp, front["pareto"]).mean() * k)}
+
+
 # ---- tables --------------------------------------------------------------------------------------------------
 def largest_errors(table1: dict) -> dict:
     """The structure with the largest average mean-dose and max-dose error of a :func:`summary_table`.
@@ -752,8 +990,8 @@ def tables(study, *, digits: int = 2) -> Markdown:
     parts += [f"**Headline numbers (% of Rx): the paper's and ours (mean ± sd over seeds).**",
               markdown_table(["quantity", paper_label] + list(arms), rows)]
 
-    rows = [[f"{name}: {desc}"] + [_over_seeds(np.nanmean(study.metric(name, arm), axis=1), digits)
-                                   for arm in arms] for name, desc in METRICS.items()]
+    rows = [[f"{name}: {METRICS[name]}"] + [_over_seeds(np.nanmean(study.metric(name, arm), axis=1), digits)
+                                            for arm in arms] for name in TABLE_METRICS]
     parts += [f"**Per test patient ({len(study.cases)} patients), averaged over its desired DVHs (% of Rx): mean "
               f"over patients{', mean ± sd over seeds' if n > 1 else ''}.**",
               markdown_table(["metric"] + list(arms), rows)]
@@ -763,7 +1001,127 @@ def tables(study, *, digits: int = 2) -> Markdown:
         rows = [{**r, "a": f"{r['metric']}: {r['a']}"} for r in judge(study, present)]
         parts += ["**The claims, paired over test patients (seed-averaged), Holm-adjusted together.**",
                   format_comparison(rows, digits)]
+    if "conditional" in arms:
+        parts += [f"**Reproduction rule (stated before the study): our largest average error is at most "
+                  f"{REPRODUCTION_FACTOR:g} x the paper's; {100 * (1 - REPRODUCTION_ALPHA / 2):g} % bootstrap "
+                  f"intervals over test patients (seed-averaged).**", format_reproduction(reproduction(study), digits)]
     return Markdown("\n\n".join(parts))
+
+
+def replan_summary(fronts) -> dict:
+    r"""Deliverability of one model on a list of :func:`replan_front` records (% of Rx unless stated).
+
+    ``gap_rectum``, ``gap_bladder``: mean \|re-planned − predicted\| mean dose;
+    ``below_predicted``, ``below_replanned``: fraction of slider points below
+    the true front (:func:`front_gap` < 0; the re-planned points can sit below it
+    only by giving up some of the PTV's homogeneity, which the Pareto plans
+    did not); ``range_kept``: the re-planned plans' range of rectum mean dose
+    along the slider divided by the predicted range (1: the whole predicted
+    trade-off is deliverable; patients with a predicted range below 0.5 % of
+    Rx are skipped), median over patients; ``rms``: RMS difference over the
+    body between prediction and mimicked plan.
+    """
+    fronts = list(fronts)
+    if not fronts:
+        raise ValueError("fronts is empty: give the replan_front records of the test patients")
+    k = np.array([f["to_rx"] for f in fronts], float)
+    pr = np.stack([np.asarray(f["predicted"], float) for f in fronts])          # (P, X, 2) Gy
+    rp = np.stack([np.asarray(f["replanned"], float) for f in fronts])
+    gap = np.abs(rp - pr) * k[:, None, None]
+    below_p = np.concatenate([front_gap(f["predicted"], f["pareto"]) < 0 for f in fronts])
+    below_r = np.concatenate([front_gap(f["replanned"], f["pareto"]) < 0 for f in fronts])
+    span_p = np.ptp(pr[..., 0], axis=1) * k
+    span_r = np.ptp(rp[..., 0], axis=1) * k
+    keep = span_p > 0.5
+    return {"gap_rectum": float(gap[..., 0].mean()), "gap_bladder": float(gap[..., 1].mean()),
+            "below_predicted": float(below_p.mean()), "below_replanned": float(below_r.mean()),
+            "range_kept": float(np.median(span_r[keep] / span_p[keep])) if keep.any() else float("nan"),
+            "rms": float(np.mean([np.mean(f["rms_gy"]) for f in fronts]) * k.mean())}
+
+
+def replan_table(study, digits: int = 2) -> Markdown:
+    """:func:`replan_summary` of every arm, mean ± sd over seeds, as a Markdown table."""
+    labels = {"gap_rectum": "rectum mean dose, re-planned vs predicted: absolute difference (% Rx)",
+              "gap_bladder": "bladder mean dose, re-planned vs predicted: absolute difference (% Rx)",
+              "below_predicted": "predicted points below the true front (fraction)",
+              "below_replanned": "re-planned points below the true front (fraction)",
+              "range_kept": "re-planned / predicted rectum-dose range along the slider (median)",
+              "rms": "RMS difference prediction - mimicked plan over the body (% Rx)"}
+    per = {arm: [replan_summary(study.extras(s)["replan"][arm]) for s in study.seeds] for arm in study.arms}
+    def cell(values):
+        return "–" if not np.any(np.isfinite(values)) else _over_seeds(values, digits)
+
+    rows = [[label] + [cell([r[key] for r in per[arm]]) for arm in study.arms] for key, label in labels.items()]
+    return Markdown(markdown_table(["deliverability"] + list(study.arms), rows))
+
+
+def offset_table(study, digits: int = 2) -> Markdown:
+    """The PTV mean-dose offset on the training patients, before and after the output normalisation.
+
+    Rows: every arm's true − predicted PTV mean dose on the training pairs
+    (``table1_train``) and, for an unnormalised arm, :func:`offset_diagnostics`;
+    mean ± sd over seeds and the per-seed values (% of Rx).
+    """
+    rows = []
+    for arm in study.arms:
+        vals = [study.extras(s)["table1_train"][arm]["PTV"][0] for s in study.seeds]
+        rows.append([f"{arm}: network as evaluated", _over_seeds(vals, digits, signed=True),
+                     ", ".join(f"{v:+.{digits}f}" for v in vals)])
+        for key, label in (("dropout_mean", "dropout left on, 16 passes averaged"),
+                           ("bn_recalibrated", "batch-norm statistics recomputed without dropout")):
+            vals = [study.extras(s).get("offset", {}).get(arm, {}).get(key) for s in study.seeds]
+            if all(v is not None for v in vals):
+                rows.append([f"{arm}: {label}", _over_seeds(vals, digits, signed=True),
+                             ", ".join(f"{v:+.{digits}f}" for v in vals)])
+    return Markdown(markdown_table(["PTV mean dose on the training patients, true − predicted (% Rx)",
+                                    "mean ± sd over seeds", "per seed"], rows))
+
+
+def _largest_abs_mean(cases) -> float:
+    """Largest |average| over the last axis's structures of seed-averaged cases ``(n_cases, n_structures)``."""
+    return float(np.abs(cases.mean(0)).max())
+
+
+def reproduction(study, arm: str = "conditional", *, n_boot: int = 10000, seed: int = 0) -> list:
+    r"""The reproduction rule (:data:`REPRODUCTION_FACTOR`) applied to ``arm``: one row per kind (mean, max dose).
+
+    The statistic is Table 1's headline: over the four :data:`STRUCTURES`,
+    the largest absolute average of the signed errors ``bias_<kind>_<s>``
+    (true − predicted, % of Rx), each test patient averaged over seeds. Its
+    interval comes from :func:`rtlearn.metrics.stats.bound_check` (test
+    patients resampled) at level :math:`1 - lpha/2`, and the bound is
+    :data:`REPRODUCTION_FACTOR` times the paper's value.
+
+    Returns
+    -------
+    list of dict
+        :func:`~rtlearn.metrics.stats.bound_check` rows plus ``kind``,
+        ``paper`` (the paper's value and its structure), ``ratio`` (ours /
+        paper's) and ``structure`` (ours: where the largest average error is).
+    """
+    paper = largest_errors(PAPER_TABLE1)
+    rows = []
+    for kind in ("mean", "max"):
+        cases = np.stack([np.asarray(study.metric(f"bias_{kind}_{s.lower()}", arm), dtype=float)
+                          for s in STRUCTURES], axis=-1)
+        ref = abs(paper[kind][1])
+        r = bound_check(cases, REPRODUCTION_FACTOR * ref, _largest_abs_mean, level=1 - REPRODUCTION_ALPHA / 2,
+                        n_boot=n_boot, seed=seed)
+        with np.errstate(all="ignore"):
+            avg = np.nanmean(np.nanmean(cases, axis=0), axis=0)
+        rows.append({**r, "kind": kind, "paper": paper[kind], "ratio": r["estimate"] / ref,
+                     "structure": STRUCTURES[int(np.nanargmax(np.abs(avg)))]})
+    return rows
+
+
+def format_reproduction(rows, digits: int = 2) -> Markdown:
+    """The rows of :func:`reproduction` as a Markdown table."""
+    names = {"mean": "largest average mean-dose error", "max": "largest average max-dose error"}
+    out = [[names[r["kind"]], f"{abs(r['paper'][1]):.{digits}f} ({r['paper'][0]})", f"{r['bound']:.{digits}f}",
+            f"{r['estimate']:.{digits}f} ({r['structure']}) [{r['ci_lo']:.{digits}f}, {r['ci_hi']:.{digits}f}]",
+            f"{r['ratio']:.{digits}f}", r["verdict"]] for r in rows]
+    return markdown_table(["quantity (% of Rx)", "paper's", "bound", "ours [interval]", "ours / paper's", "verdict"],
+                          out)
 
 
 # ---- figures -------------------------------------------------------------------------------------------------
@@ -1017,6 +1375,34 @@ def plot_front(front: dict, ax=None):
     return ax
 
 
+def plot_replan(fronts, cases=None, n: int = 3):
+    """Predicted, re-planned and true fronts (rectum vs bladder mean dose, Gy) of the first ``n`` test patients.
+
+    ``fronts`` is a list of :func:`replan_front` records (one per patient), or
+    ``{arm: list}`` to draw several arms (the anatomy-only network gives one point).
+    """
+    import matplotlib.pyplot as plt
+
+    by_arm = fronts if isinstance(fronts, dict) else {"predicted": fronts}
+    n = min(check_int(n, "n", 1), min(len(v) for v in by_arm.values()))
+    fig, axs = plt.subplots(1, n, figsize=(4.4 * n, 3.8), squeeze=False)
+    for i, ax in enumerate(axs[0]):
+        first = next(iter(by_arm.values()))[i]
+        pareto = np.asarray(first["pareto"], float)
+        ax.plot(pareto[:, 0], pareto[:, 1], "-o", color="0.6", ms=4, label="Pareto plans (truth)")
+        for k, (arm, fr) in enumerate(by_arm.items()):
+            pr, rp = np.asarray(fr[i]["predicted"], float), np.asarray(fr[i]["replanned"], float)
+            ax.plot(pr[:, 0], pr[:, 1], "-s", color=f"C{k}", ms=4, label=f"{arm}: predicted")
+            ax.plot(rp[:, 0], rp[:, 1], "--^", color=f"C{k}", ms=5, mfc="white", label=f"{arm}: re-planned")
+            for a, b in zip(pr, rp):
+                ax.annotate("", b, a, arrowprops=dict(arrowstyle="->", color=f"C{k}", lw=0.7, alpha=0.6))
+        name = cases[i] if cases is not None else f"test patient {i}"
+        ax.set(xlabel="rectum mean dose (Gy)", ylabel="bladder mean dose (Gy)", title=name)
+    axs[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_slider_sweep(model, cohort: ParetoCohort, patient: int = 0, case: str | None = None):
     """The slider swept from 0 to 1: predicted rectum vs bladder mean dose over the front; doses at x = 0, 0.5, 1."""
     import matplotlib.pyplot as plt
@@ -1034,7 +1420,7 @@ def plot_slider_sweep(model, cohort: ParetoCohort, patient: int = 0, case: str |
 
 
 def figures(study) -> dict:
-    """The recorded study's figures: ``{"histories", "case_errors", "front"}`` (Matplotlib figures).
+    """The recorded study's figures: ``{"histories", "case_errors", "replan", "front"}`` (Matplotlib figures).
 
     ``front`` draws seed ``study.seeds[0]``'s slider sweep of the first test
     patient for every arm (:func:`plot_front`).
@@ -1042,6 +1428,10 @@ def figures(study) -> dict:
     import matplotlib.pyplot as plt
 
     out = {"histories": plot_histories(study), "case_errors": plot_case_errors(study)}
+    replan = study.extras(study.seeds[0]).get("replan")
+    if replan:
+        out["replan"] = plot_replan({a: replan[a] for a in study.arms if a in replan}, study.cases)
+        out["replan"].suptitle(f"dose mimicking of the slider's predictions (seed {study.seeds[0]})", y=1.02)
     front = study.extras(study.seeds[0]).get("front")
     if front and front.get("x") is not None:
         fig, ax = plt.subplots(figsize=(5.2, 3.8))

@@ -29,12 +29,13 @@ from ..tables import Markdown, markdown_table
 
 __all__ = [
     "wilcoxon_summary", "seed_summary", "bootstrap_ci", "holm", "paired_comparison",
-    "verdict", "compare_arms", "format_comparison", "Claim", "judge", "format_verdicts",
+    "verdict", "compare_arms", "format_comparison", "Claim", "judge", "format_verdicts", "bound_check",
 ]
 
 _STATISTICS = ("median", "mean")
 _DIRECTIONS = ("lower", "higher")
 _VERDICTS = ("supported", "contradicted", "unresolved")
+_BOUND_VERDICTS = ("within", "beyond", "unresolved")
 # Largest bootstrap index matrix drawn at once (elements); bigger ones are drawn in row chunks.
 _MAX_INDEX_ELEMENTS = 1 << 22
 
@@ -630,3 +631,100 @@ def format_comparison(rows, digits: int = 2) -> str:
             _fmt_p(r["p_adj"]), r["verdict"],
         ])
     return markdown_table([_md_cell(h) for h in header], [[_md_cell(c) for c in row] for row in body])
+
+
+def bound_check(cases, bound: float, statistic, *, level: float = 0.95, n_boot: int = 10000,
+                seed: int | None = 0) -> dict:
+    r"""Is a study-level statistic within a bound stated before the run? A cluster bootstrap over cases.
+
+    Some claims are not "B beats A" but "our error is about the paper's": for
+    example, a rule stated before the run that the largest average error
+    over structures is reproduced if it is at most 1.5 times the paper's.
+    The statistic is a function of all test cases together (a maximum of
+    means), so it is bootstrapped by resampling whole cases:
+
+    1. average every case over seeds (NaN seeds ignored; a case with no finite
+       value is dropped);
+    2. :math:`\hat\theta` = ``statistic(cases)``; replicate :math:`b` applies
+       ``statistic`` to the cases in row :math:`b` of
+       ``np.random.default_rng(seed).integers(0, n, size=(n_boot, n))``;
+    3. the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2``
+       quantiles of the replicates, and the verdict is ``"within"`` when its
+       upper end is at most ``bound``, ``"beyond"`` when its lower end exceeds
+       ``bound``, ``"unresolved"`` otherwise.
+
+    Several bound checks of one chapter form a family: give each
+    ``level = 1 - alpha / m`` (Bonferroni) for a family-wise error ``alpha``.
+
+    Parameters
+    ----------
+    cases : array_like, shape ``(n_seeds, n_cases, ...)``
+        Per-case values of every seed (for example signed errors per
+        structure, ``(n_seeds, n_cases, k)``); one seed is ``(1, n_cases, ...)``.
+    bound : float
+        The bound, finite.
+    statistic : callable
+        Maps an array ``(n_cases, ...)`` of seed-averaged cases to a float.
+    level, n_boot, seed :
+        Interval level in (0, 1), bootstrap replicates and seed, as in :func:`bootstrap_ci`.
+
+    Returns
+    -------
+    dict
+        ``estimate``, ``ci_lo``, ``ci_hi``, ``bound``, ``verdict``,
+        ``n_cases``, ``n_seeds``, ``level``.
+
+    Raises
+    ------
+    ValueError
+        For non-numeric or boolean ``cases``, fewer than 2 dimensions or 2 cases, a
+        non-finite ``bound``, a ``statistic`` that is not callable or does not
+        return a finite number, or bad ``level``/``n_boot``/``seed``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> errors = np.array([[[1.0, 0.2], [1.2, -0.1], [0.8, 0.1], [1.1, 0.0]]])   # 1 seed, 4 cases, 2 structures
+    >>> r = bound_check(errors, 2.0, lambda c: float(np.abs(c.mean(0)).max()))
+    >>> r["estimate"], r["verdict"]
+    (1.025, 'within')
+    """
+    x = _as_float_array(cases, "cases")
+    if x.ndim < 2:
+        raise ValueError(f"cases must have shape (n_seeds, n_cases, ...), got {x.shape}; one seed is (1, n_cases)")
+    if not callable(statistic):
+        raise ValueError(f"statistic must be a callable of the cases, got {statistic!r}")
+    bound = _check_real(bound, "bound")
+    if not math.isfinite(bound):
+        raise ValueError(f"bound must be a finite number, got {bound!r}")
+    level = _check_probability(level, "level")
+    n_boot = check_int(n_boot, "n_boot", 1)
+    seed = _check_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN case -> NaN, dropped below
+        avg = np.nanmean(x, axis=0)
+    flat = avg.reshape(avg.shape[0], -1)
+    keep = np.all(np.isfinite(flat), axis=1)
+    avg = avg[keep]
+    n = avg.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 cases with finite values, got {n}")
+
+    def stat(c):
+        v = statistic(c)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"statistic must return a number, got {v!r}") from None
+        if not math.isfinite(v):
+            raise ValueError(f"statistic returned a non-finite value {v!r}")
+        return v
+
+    estimate = stat(avg)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    reps = np.array([stat(avg[row]) for row in idx])
+    lo, hi = (float(q) for q in np.quantile(reps, [(1.0 - level) / 2.0, (1.0 + level) / 2.0]))
+    result = "within" if hi <= bound else "beyond" if lo > bound else "unresolved"
+    return {"estimate": estimate, "ci_lo": lo, "ci_hi": hi, "bound": bound, "verdict": result, "n_cases": int(n),
+            "n_seeds": int(x.shape[0]), "level": level}

@@ -100,6 +100,14 @@ class ConditionalUNet(nn.Module):
     conditional : bool
         False: the DVH input is ignored (population-average baseline).
     final_activation : {"relu", None, "sigmoid"}
+    normalise_channel : int, optional
+        Divide the output by its mean over the voxels where anatomy channel
+        ``normalise_channel`` is > 0.5 (the PTV mask in :cite:p:`ma2021pareto`'s
+        data, whose every dose is normalised to its PTV mean):
+        :math:`\hat Y = \hat Y_{raw} / (\overline{\hat Y_{raw}}_{PTV} + \epsilon)`, :math:`\epsilon = 10^{-6}`,
+        so every prediction has the targets' PTV mean of 1 by construction.
+        ``None`` (default): no normalisation. Every sample needs a non-empty
+        mask in that channel.
 
     Examples
     --------
@@ -110,7 +118,8 @@ class ConditionalUNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int = 1, dvh_length: int = 128, dims: int = 3,
                  depth: int = 4, width: int = 16, max_channels: int = 128, norm="batch", dropout: float = 0.2,
-                 layer_max: int | None = None, conditional: bool = True, final_activation="relu"):
+                 layer_max: int | None = None, conditional: bool = True, final_activation="relu",
+                 normalise_channel: int | None = None):
         super().__init__()
         conv, up, pool, *_ = _layers(dims)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("depth", depth),
@@ -119,11 +128,17 @@ class ConditionalUNet(nn.Module):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if conditional and (not isinstance(dvh_length, int) or dvh_length < 1):
             raise ValueError(f"dvh_length must be an integer >= 1, got {dvh_length!r}")
+        if normalise_channel is not None and (isinstance(normalise_channel, bool) or
+                                              not isinstance(normalise_channel, int) or
+                                              not 0 <= normalise_channel < in_channels):
+            raise ValueError(f"normalise_channel must be None or an anatomy channel in [0, {in_channels}), "
+                             f"got {normalise_channel!r}")
         if final_activation not in _ACTIVATIONS:
             raise ValueError(f"final_activation must be one of {list(_ACTIVATIONS)}, got {final_activation!r}")
         drops = depth_dropout(depth + 1, dropout, depth if layer_max is None else layer_max)
         self.dims, self.depth, self.in_channels = dims, depth, in_channels
         self.dvh_length, self.conditional = dvh_length, conditional
+        self.normalise_channel = normalise_channel
         chans = [min(width * 2**k, max_channels) for k in range(depth)]
         self.channels = chans
         self.down = nn.ModuleList()
@@ -179,4 +194,13 @@ class ConditionalUNet(nn.Module):
         x = self.bottom(torch.cat([z, x], dim=1))
         for up, dec in zip(self.up, self.dec):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
-        return self.final(self.head(x))
+        out = self.final(self.head(x))
+        if self.normalise_channel is None:
+            return out
+        mask = (anatomy[:, self.normalise_channel:self.normalise_channel + 1] > 0.5).float()
+        n = mask.flatten(1).sum(1)
+        if bool((n == 0).any()):
+            raise ValueError(f"normalise_channel={self.normalise_channel}: a sample has an empty mask in that "
+                             "channel, so its mean dose is undefined")
+        mean = (out.float() * mask).flatten(1).sum(1) / n            # float32 sums, also under fp16/bf16 autocast
+        return out / (mean + 1e-6).to(out.dtype).reshape(-1, *([1] * (out.dim() - 1)))

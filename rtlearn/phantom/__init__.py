@@ -18,7 +18,7 @@ from .anatomy import (DEFAULT_SHAPE, DEFAULT_SPACING, EXTRA_ROIS, PRESCRIPTIONS,
 from .dose_engine import (BeamModel, arc_angles, breast_arc_angles, DoseEngine, central_axis_pdd, default_angles, lateral_profile,
                           penumbra_80_20, tangent_angle, water_phantom)
 from .optimise import (OAR_WEIGHTS, PARETO_PAIRS, Plan, PlanObjective, falloff_profile, make_plan,
-                       normalise_plan, optimise_plan, pareto_sweep, plan_for_target, plan_summary)
+                       mimic_plan, normalise_plan, optimise_plan, pareto_sweep, plan_for_target, plan_summary)
 from .datasets import PhantomDoseDataset, PhantomSegmentationDataset, case_seed, generate_cases
 from .surrogate import BeamSurrogate
 
@@ -26,7 +26,7 @@ __all__ = [
     "SITES", "ROI_NAMES", "EXTRA_ROIS", "PRESCRIPTIONS", "DEFAULT_SHAPE", "DEFAULT_SPACING", "Patient", "make_patient",
     "hu_to_density", "BeamModel", "arc_angles", "breast_arc_angles", "tangent_angle", "DoseEngine", "default_angles", "central_axis_pdd", "lateral_profile",
     "penumbra_80_20", "water_phantom", "Plan", "PlanObjective", "OAR_WEIGHTS", "PARETO_PAIRS",
-    "optimise_plan", "pareto_sweep", "plan_for_target", "normalise_plan", "falloff_profile",
+    "optimise_plan", "mimic_plan", "pareto_sweep", "plan_for_target", "normalise_plan", "falloff_profile",
     "plan_summary", "make_plan", "PhantomDoseDataset", "PhantomSegmentationDataset", "generate_cases",
     "case_seed", "BeamSurrogate",
 ]

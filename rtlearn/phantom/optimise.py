@@ -31,6 +31,7 @@ plans to cover 95 % of the PTV).
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .._validate import check_mask
+from .._validate import check_dose, check_int, check_mask
 from ..dvh import dose_at_volume
 from .anatomy import Patient, make_patient
 from .dose_engine import DoseEngine
@@ -357,6 +358,181 @@ def _optimise(patient, engine, oar_weights, method, max_iter, device, normalise,
             "scale": float(scale), "seconds": time.perf_counter() - t0}
     return Plan((dose * scale).astype(np.float32), w * scale, engine.angles.copy(), dict(obj.oar_weights),
                 dict(patient.prescriptions), info)
+
+
+def _mimic_structures(patient: Patient) -> dict:
+    """The structures of :func:`mimic_plan`, name to mask: targets, OARs outside the targets, rest of the body."""
+    covered = np.zeros(patient.shape, bool)
+    out = {}
+    for t in patient.targets:
+        out[t] = np.asarray(patient.masks[t], bool)
+        covered |= out[t]
+    other = covered.copy()
+    for o in patient.oars:
+        out[o] = np.asarray(patient.masks[o], bool) & ~covered
+        other |= patient.masks[o]
+    out["body"] = np.asarray(patient.body, bool) & ~other
+    return out
+
+
+class _MimicObjective:
+    """Weighted least squares to a desired dose, on flattened voxel doses (Gy).
+
+    :math:`L(D) = \\sum_v c_v (D_v - P_v)^2` with
+    :math:`c_v = \\sum_{s \\ni v} \\lambda_s / (|s| R^2)`, the objective of
+    :func:`mimic_plan`; ``value_and_grad`` gives :math:`dL/dD_v = 2 c_v (D_v - P_v)`.
+    """
+
+    def __init__(self, patient: Patient, desired: np.ndarray, structure_weights: dict | None = None, device=None):
+        structs = _mimic_structures(patient)
+        sw = {} if structure_weights is None else structure_weights
+        if not isinstance(sw, dict):
+            raise TypeError(f"structure_weights must be a dict of structure name to weight, got {type(sw).__name__}")
+        unknown = set(sw) - set(structs)
+        if unknown:
+            raise ValueError(f"structure_weights name unknown structures {sorted(map(str, unknown))}; "
+                             f"valid names: {list(structs)}")
+        for k, v in sw.items():
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"structure weight of {k!r} must be a finite number >= 0, got {v!r}")
+        rx = float(patient.prescriptions[patient.primary_target])
+        c = np.zeros(int(np.prod(patient.shape)))
+        self.weights = {}
+        for name, m in structs.items():
+            n = int(m.sum())
+            if n == 0:
+                continue
+            lam = float(sw.get(name, 1.0))
+            self.weights[name] = lam
+            c[m.reshape(-1)] += lam / (n * rx ** 2)
+        if not c.any():
+            raise ValueError("every non-empty structure has weight 0: nothing to mimic; give one a weight > 0")
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        self.c = torch.as_tensor(c, device=dev, dtype=torch.float64)
+        self.target = torch.as_tensor(np.asarray(desired, np.float64).reshape(-1), device=dev)
+
+    def value(self, dose) -> torch.Tensor:
+        """Objective value (differentiable torch expression)."""
+        r = dose.reshape(-1).to(torch.float64) - self.target
+        return (self.c * r ** 2).sum()
+
+    def value_and_grad(self, dose):
+        """``(value, dL/dD)`` with the gradient in closed form (same shape as ``dose``)."""
+        r = dose.reshape(-1).to(torch.float64) - self.target
+        return (self.c * r ** 2).sum(), (2.0 * self.c * r).reshape(dose.shape)
+
+
+def mimic_plan(patient: Patient, dose, engine: DoseEngine | None = None, structure_weights: dict | None = None,
+               max_iter: int = 200, device=None, normalise: bool = True) -> Plan:
+    """The deliverable plan whose dose is closest to a desired dose ("dose mimicking").
+
+    Dose mimicking is the usual way a clinic turns a predicted dose (e.g. a
+    network's output, which no machine can deliver as such) into a deliverable
+    plan: find non-negative beamlet weights :math:`w` whose dose :math:`D = A w`
+    is as close as possible to the desired dose :math:`P`,
+
+    .. math::
+
+        L(w) = \\sum_s \\frac{\\lambda_s}{|s|} \\sum_{v \\in s}
+               \\frac{\\big((A w)_v - P_v\\big)^2}{R^2}, \\qquad w \\ge 0,
+
+    over the structures :math:`s`: each target, each organ at risk restricted
+    to its voxels outside the targets, and the rest of the body (``"body"``:
+    body voxels in no target or OAR); :math:`|s|` is the structure's voxel
+    count (empty structures are skipped), :math:`R` the primary target's
+    prescription and :math:`\\lambda_s` its weight (default 1). The gradient is
+    :math:`\\partial L / \\partial D_v = 2 \\lambda_s (D_v - P_v) / (|s| R^2)`
+    (summed over the structures holding :math:`v`), followed by :math:`A^\\top`.
+    The problem is convex and is solved with L-BFGS-B (bounds :math:`w \\ge 0`)
+    from the starting point of :func:`optimise_plan`.
+
+    The distance between the prediction and the mimicked plan (``info["rms_gy"]``)
+    measures how much of the prediction is achievable: 0 for a dose that the
+    beams can deliver, large for an unphysical one (e.g. a dose that drops to 0
+    just outside the target).
+
+    With equal weights the targets and the rest of the body count the same; for
+    an unphysical prediction the fit then trades target homogeneity for a lower
+    dose outside. Weights of 10-100 on the targets keep them homogeneous, as in a
+    clinical mimicking objective.
+
+    Parameters
+    ----------
+    patient : Patient
+    dose : ndarray or tensor, shape ``patient.shape``
+        Desired dose in Gy (finite, >= 0); any float dtype (converted to float64).
+    engine : DoseEngine, optional
+        Default :meth:`DoseEngine.for_patient` (site-default beams).
+    structure_weights : dict, optional
+        :math:`\\lambda_s` per structure name (targets, OARs, ``"body"``; finite, >= 0; default 1).
+    max_iter : int
+        L-BFGS-B iterations.
+    device : optional
+        Device of the default engine.
+    normalise : bool
+        Scale so that the primary target's D95 equals its prescription (:func:`normalise_plan`).
+
+    Returns
+    -------
+    Plan
+        ``oar_weights`` is empty; ``info`` holds ``method="mimic"``, ``iterations``,
+        ``evaluations``, ``objective``, ``scale``, ``seconds``, ``structure_weights``
+        and ``rms_gy``, the RMS difference (Gy) over the body between the
+        achieved dose before normalisation and the desired dose.
+    """
+    if not isinstance(patient, Patient):
+        raise TypeError(f"patient must be a rtlearn.phantom.Patient, got {type(patient).__name__}")
+    desired = check_dose(dose, name="dose")
+    if tuple(desired.shape) != tuple(patient.shape):
+        raise ValueError(f"dose has shape {tuple(desired.shape)}, expected {tuple(patient.shape)} (the patient grid)")
+    max_iter = check_int(max_iter, "max_iter", 1)
+    for t, rx in patient.prescriptions.items():
+        if not np.isfinite(rx) or rx <= 0:
+            raise ValueError(f"prescription for {t!r} must be a positive dose in Gy, got {rx!r}")
+    if engine is not None:
+        if not isinstance(engine, DoseEngine):
+            raise TypeError(f"engine must be a rtlearn.phantom.DoseEngine, got {type(engine).__name__}")
+        if tuple(engine.shape) != tuple(patient.shape):
+            raise ValueError(f"engine grid {tuple(engine.shape)} differs from the patient grid {tuple(patient.shape)}")
+    with _cpu_threads(engine.device if engine is not None else device):
+        return _mimic(patient, desired, engine, structure_weights, max_iter, device, normalise)
+
+
+def _mimic(patient, desired, engine, structure_weights, max_iter, device, normalise):
+    from scipy.optimize import minimize
+
+    t0 = time.perf_counter()
+    engine = engine or DoseEngine.for_patient(patient, device=device)
+    dev = engine.device
+    obj = _MimicObjective(patient, desired, structure_weights, device=dev)
+    op = _Operator(engine)
+    prim = patient.masks[patient.primary_target]
+    prim_t = torch.as_tensor(prim.reshape(-1), device=dev)
+    rx = patient.prescriptions[patient.primary_target]
+    d1 = op.forward(torch.ones(engine.n_beamlets, device=dev, dtype=engine.dtype))
+    w0 = np.full(engine.n_beamlets, rx / max(float(d1[prim_t].mean()), 1e-12))
+    n_eval = 0
+
+    def fg(w):
+        nonlocal n_eval
+        n_eval += 1
+        wt = torch.as_tensor(w, device=dev, dtype=engine.dtype)
+        val, g = obj.value_and_grad(op.forward(wt))
+        return float(val), op.adjoint(g).double().cpu().numpy()
+
+    res = minimize(fg, w0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * engine.n_beamlets,
+                   options={"maxiter": int(max_iter), "maxfun": int(2 * max_iter), "ftol": 1e-12, "gtol": 1e-10})
+    w = res.x
+    dose = op.forward(torch.as_tensor(w, device=dev, dtype=engine.dtype)).double().cpu().numpy().reshape(patient.shape)
+    dose = np.clip(dose, 0.0, None)
+    body = np.asarray(patient.body, bool)
+    rms = float(np.sqrt(np.mean((dose[body] - desired[body]) ** 2))) if body.any() else 0.0
+    scale = normalise_plan(dose, prim, rx) if normalise else 1.0
+    info = {"method": "mimic", "iterations": int(res.nit), "evaluations": n_eval, "objective": float(res.fun),
+            "scale": float(scale), "seconds": time.perf_counter() - t0, "rms_gy": rms,
+            "structure_weights": dict(obj.weights)}
+    return Plan((dose * scale).astype(np.float32), w * scale, engine.angles.copy(), {}, dict(patient.prescriptions),
+                info)
 
 
 def pareto_sweep(patient: Patient, n_plans: int = 10, pair: tuple | None = None, total_weight: float = 2.0,

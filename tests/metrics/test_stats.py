@@ -407,3 +407,55 @@ def test_judge_holm_over_all_claims_and_each_outcome_reachable():
         Claim("mae", "A", "A", "lower", "x")
     with pytest.raises(ValueError, match="Claim"):
         judge(_FakeStudy(arrays), [("mae", "A", "B", "lower")])
+
+
+# ---- bound_check ---------------------------------------------------------------------------------------------
+def _largest_abs_mean(c):
+    return float(np.abs(c.mean(0)).max())
+
+
+def test_bound_check_matches_brute_force_bootstrap():
+    rng = np.random.default_rng(3)
+    cases = rng.normal(1.0, 0.5, size=(3, 12, 4))
+    r = stats.bound_check(cases, 2.0, _largest_abs_mean, n_boot=500, level=0.9, seed=5)
+    avg = cases.mean(0)
+    idx = np.random.default_rng(5).integers(0, 12, size=(500, 12))
+    reps = [_largest_abs_mean(avg[i]) for i in idx]
+    lo, hi = np.quantile(reps, [0.05, 0.95])
+    assert r["estimate"] == pytest.approx(_largest_abs_mean(avg))
+    assert (r["ci_lo"], r["ci_hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert (r["n_cases"], r["n_seeds"], r["bound"], r["level"]) == (12, 3, 2.0, 0.9)
+
+
+def test_bound_check_each_verdict_is_reachable():
+    rng = np.random.default_rng(0)
+    cases = rng.normal(1.0, 0.2, size=(2, 20, 3))
+    assert stats.bound_check(cases, 1.5, _largest_abs_mean)["verdict"] == "within"
+    assert stats.bound_check(cases, 0.5, _largest_abs_mean)["verdict"] == "beyond"
+    at = _largest_abs_mean(cases.mean(0))                            # a bound at the estimate itself
+    est = stats.bound_check(cases, at, _largest_abs_mean)
+    assert est["ci_lo"] < at < est["ci_hi"] and est["verdict"] == "unresolved"
+
+
+def test_bound_check_seed_average_nan_and_determinism():
+    cases = np.array([[[1.0], [2.0], [np.nan], [4.0]],
+                      [[3.0], [np.nan], [np.nan], [2.0]]])             # case 2 has no finite value: dropped
+    r = stats.bound_check(cases, 10.0, lambda c: float(c.mean()), n_boot=200)
+    assert r["n_cases"] == 3 and r["estimate"] == pytest.approx((2.0 + 2.0 + 3.0) / 3)
+    assert r == stats.bound_check(cases, 10.0, lambda c: float(c.mean()), n_boot=200)
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    (([1.0, 2.0], 1.0, _largest_abs_mean), {}, "n_seeds, n_cases"),
+    (([[1.0]], 1.0, _largest_abs_mean), {}, "at least 2 cases"),
+    (([[1.0, 2.0]], float("nan"), _largest_abs_mean), {}, "bound"),
+    (([[1.0, 2.0]], 1.0, "max"), {}, "callable"),
+    (([[1.0, 2.0]], 1.0, lambda c: float("inf")), {}, "non-finite"),
+    (([[1.0, 2.0]], 1.0, lambda c: "x"), {}, "number"),
+    (([[True, False]], 1.0, _largest_abs_mean), {}, "bool"),
+    (([[1.0, 2.0]], 1.0, _largest_abs_mean), {"level": 1.0}, "level"),
+    (([[1.0, 2.0]], 1.0, _largest_abs_mean), {"n_boot": 0}, "n_boot"),
+])
+def test_bound_check_bad_input(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        stats.bound_check(*args, **kwargs)

@@ -111,3 +111,53 @@ def test_bad_inputs():
         ConditionalUNet(4, 1, dims=2, norm="layer")
     with pytest.raises(ValueError, match="final_activation"):
         ConditionalUNet(4, 1, dims=2, final_activation="tanh")
+
+
+# ---- output normalisation to the PTV mean ----------------------------------------------------------------------
+def _anatomy(b=3, n=16):
+    a = torch.zeros(b, 4, n, n)
+    a[:, 0, 5:9, 6:11] = 1.0                                              # PTV
+    a[:, 3, 2:14, 2:14] = 1.0                                             # body
+    return a
+
+
+def test_normalise_channel_gives_a_ptv_mean_of_one():
+    torch.manual_seed(0)
+    a, d = _anatomy(), torch.rand(3, 16)
+    raw = ConditionalUNet(4, 1, 16, dims=2, depth=3, width=4, dropout=0.0, final_activation="sigmoid").eval()
+    net = ConditionalUNet(4, 1, 16, dims=2, depth=3, width=4, dropout=0.0, final_activation="sigmoid",
+                          normalise_channel=0).eval()
+    net.load_state_dict(raw.state_dict())
+    y_raw, y = raw(a, d), net(a, d)
+    ptv = a[:, :1] > 0.5
+    means = torch.stack([y[i][ptv[i]].mean() for i in range(3)])
+    torch.testing.assert_close(means, torch.ones(3), rtol=0, atol=1e-5)
+    ref = y_raw / torch.stack([y_raw[i][ptv[i]].mean() for i in range(3)]).reshape(3, 1, 1, 1)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)             # a pure rescaling of the raw output
+    assert not torch.allclose(torch.stack([y_raw[i][ptv[i]].mean() for i in range(3)]), torch.ones(3), atol=1e-2)
+
+
+def test_normalise_channel_gradient_and_bf16():
+    torch.manual_seed(1)
+    net = ConditionalUNet(4, 1, 16, dims=2, depth=3, width=4, dropout=0.0, final_activation="sigmoid",
+                          normalise_channel=0)
+    a, d = _anatomy(2), torch.rand(2, 16)
+    net(a, d).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+    net.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(a, d)
+    ptv = a[:, :1] > 0.5
+    assert abs(float(y[0][ptv[0]].float().mean()) - 1.0) < 2e-2
+
+
+def test_normalise_channel_rejects_bad_input():
+    with pytest.raises(ValueError, match="normalise_channel"):
+        ConditionalUNet(4, 1, 16, dims=2, depth=3, width=4, normalise_channel=4)
+    with pytest.raises(ValueError, match="normalise_channel"):
+        ConditionalUNet(4, 1, 16, dims=2, depth=3, width=4, normalise_channel=True)
+    net = ConditionalUNet(4, 1, 16, dims=2, depth=3, width=4, normalise_channel=0).eval()
+    a = _anatomy(2)
+    a[1, 0] = 0.0
+    with pytest.raises(ValueError, match="empty mask"):
+        net(a, torch.rand(2, 16))
