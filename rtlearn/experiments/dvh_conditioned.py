@@ -39,6 +39,7 @@ from .. import plotting
 from .._validate import check_int
 from ..config import check_overrides, check_profile, data_root, get_device
 from ..config import profile as active_profile
+from ..dvh import dose_at_volume
 from ..io import load_npz, save_npz
 from ..metrics.stats import Claim, bound_check, format_comparison, judge, seed_summary
 from ..models.conditional_unet import ConditionalUNet
@@ -858,8 +859,9 @@ def replan_front(model, cohort: ParetoCohort, patient: int, cfg: Config, xs=REPL
     average PTV mean dose, as :func:`tradeoff_front` does). The phantom
     planner then finds the deliverable plan closest to it
     (:func:`rtlearn.phantom.mimic_plan`, PTV weight
-    :data:`REPLAN_PTV_WEIGHT`), scaled to the prediction's PTV mean dose so
-    that both are compared at the same target dose. The patient is rebuilt
+    :data:`REPLAN_PTV_WEIGHT`) and normalises it as every plan of the
+    Pareto set is normalised (PTV :math:`D_{95} = R_x`), so the re-planned
+    point can be compared with the true front. The patient is rebuilt
     from its phantom seed with the grid of ``cfg``; its masks must equal the
     cohort's.
 
@@ -869,8 +871,12 @@ def replan_front(model, cohort: ParetoCohort, patient: int, cfg: Config, xs=REPL
         ``x``; ``predicted`` and ``replanned``: ``(len(xs), 2)`` lists of the
         rectum and bladder mean doses (Gy); ``pareto``: the patient's plans
         (N x 2, Gy); ``rms_gy``: RMS difference over the body between each
-        prediction and its mimicked plan; ``to_rx``: the factor from Gy to %
-        of the prescription.
+        prediction and its mimicked plan before the normalisation;
+        ``predicted_d95``: the prediction's PTV :math:`D_{95}` (% of
+        :math:`R_x`); ``replanned_scale``: the factor that brought the
+        mimicked plan's :math:`D_{95}` to :math:`R_x` (0: the plan has no
+        target dose and is left unscaled); ``to_rx``: the factor
+        from Gy to % of the prescription.
     """
     from ..phantom import mimic_plan
 
@@ -892,14 +898,18 @@ def replan_front(model, cohort: ParetoCohort, patient: int, cfg: Config, xs=REPL
     pred = np.clip(pred, 0.0, None)
     ptv, organs = masks["PTV"], ("Rectum", "Bladder")
     out = {"x": xs, "predicted": [], "replanned": [], "pareto": cohort.oar_mean_gy[patient].tolist(), "rms_gy": [],
-           "to_rx": 100.0 / cohort.prescription}
+           "to_rx": 100.0 / cohort.prescription, "predicted_d95": [], "replanned_scale": []}
     for d in pred:
         plan = mimic_plan(p, d, engine, structure_weights={"PTV": REPLAN_PTV_WEIGHT}, normalise=False)
         got = plan.dose.astype(np.float64)
-        got *= d[ptv].mean() / max(got[ptv].mean(), 1e-12)
+        d95 = float(dose_at_volume(got, ptv, 95))
+        scale = cohort.prescription / d95 if d95 > 0 else 0.0     # 0: a plan without target dose, not scaled
+        got *= scale if scale > 0 else 1.0
         out["predicted"].append([float(d[masks[o]].mean()) for o in organs])
         out["replanned"].append([float(got[masks[o]].mean()) for o in organs])
-        out["rms_gy"].append(float(np.sqrt(np.mean((got - d)[masks["body"]] ** 2))))
+        out["rms_gy"].append(float(plan.info["rms_gy"]))
+        out["predicted_d95"].append(float(dose_at_volume(d, ptv, 95)) * out["to_rx"])
+        out["replanned_scale"].append(float(scale))
     return out
 
 
@@ -1013,13 +1023,12 @@ def replan_summary(fronts) -> dict:
 
     ``gap_rectum``, ``gap_bladder``: mean \|re-planned − predicted\| mean dose;
     ``below_predicted``, ``below_replanned``: fraction of slider points below
-    the true front (:func:`front_gap` < 0; the re-planned points can sit below it
-    only by giving up some of the PTV's homogeneity, which the Pareto plans
-    did not); ``range_kept``: the re-planned plans' range of rectum mean dose
+    the true front (:func:`front_gap` < 0); ``range_kept``: the re-planned plans' range of rectum mean dose
     along the slider divided by the predicted range (1: the whole predicted
     trade-off is deliverable; patients with a predicted range below 0.5 % of
     Rx are skipped), median over patients; ``rms``: RMS difference over the
-    body between prediction and mimicked plan.
+    body between prediction and mimicked plan; ``predicted_d95``: the
+    predictions' mean PTV :math:`D_{95}` (% of Rx; the plans have 100).
     """
     fronts = list(fronts)
     if not fronts:
@@ -1036,7 +1045,8 @@ def replan_summary(fronts) -> dict:
     return {"gap_rectum": float(gap[..., 0].mean()), "gap_bladder": float(gap[..., 1].mean()),
             "below_predicted": float(below_p.mean()), "below_replanned": float(below_r.mean()),
             "range_kept": float(np.median(span_r[keep] / span_p[keep])) if keep.any() else float("nan"),
-            "rms": float(np.mean([np.mean(f["rms_gy"]) for f in fronts]) * k.mean())}
+            "rms": float(np.mean([np.mean(f["rms_gy"]) for f in fronts]) * k.mean()),
+            "predicted_d95": float(np.mean([np.mean(f["predicted_d95"]) for f in fronts]))}
 
 
 def replan_table(study, digits: int = 2) -> Markdown:
@@ -1046,7 +1056,8 @@ def replan_table(study, digits: int = 2) -> Markdown:
               "below_predicted": "predicted points below the true front (fraction)",
               "below_replanned": "re-planned points below the true front (fraction)",
               "range_kept": "re-planned / predicted rectum-dose range along the slider (median)",
-              "rms": "RMS difference prediction - mimicked plan over the body (% Rx)"}
+              "rms": "RMS difference prediction - mimicked plan over the body (% Rx)",
+              "predicted_d95": "PTV D95 of the predictions (% Rx; every plan has 100)"}
     per = {arm: [replan_summary(study.extras(s)["replan"][arm]) for s in study.seeds] for arm in study.arms}
     def cell(values):
         return "–" if not np.any(np.isfinite(values)) else _over_seeds(values, digits)

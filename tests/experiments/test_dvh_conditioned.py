@@ -390,11 +390,12 @@ def test_front_gap_by_hand():
 
 def test_replan_summary_by_hand():
     rec = {"predicted": [[20.0, 10.0], [10.0, 20.0]], "replanned": [[21.0, 12.0], [12.0, 21.0]],
-           "pareto": [[10.0, 30.0], [30.0, 10.0]], "rms_gy": [1.0, 3.0], "to_rx": 2.0}
+           "pareto": [[10.0, 30.0], [30.0, 10.0]], "rms_gy": [1.0, 3.0], "to_rx": 2.0, "predicted_d95": [98.0, 96.0]}
     s = ex.replan_summary([rec])
     assert (s["gap_rectum"], s["gap_bladder"]) == (pytest.approx(3.0), pytest.approx(3.0))   # mean 1.5 Gy x 2
     assert s["below_predicted"] == 1.0 and s["below_replanned"] == 1.0    # the straight front lies above both
     assert s["range_kept"] == pytest.approx(9.0 / 10.0) and s["rms"] == pytest.approx(4.0)
+    assert s["predicted_d95"] == pytest.approx(97.0)
     m = ex.replan_metrics(rec)
     assert m["replan_gap"] == pytest.approx(3.0) and m["front_gap_predicted"] == pytest.approx(-20.0)
     with pytest.raises(ValueError, match="empty"):
@@ -408,7 +409,7 @@ def test_replan_front_mimics_and_checks_the_grid(tiny):
     full = rec["extras"]["replan"]["conditional"][1]                  # the record's five slider positions
     assert f["x"] == [0.0, 1.0] and f["pareto"] == full["pareto"] and f["to_rx"] == full["to_rx"]
     np.testing.assert_allclose(f["predicted"], np.asarray(full["predicted"])[[0, -1]], rtol=1e-6)   # batching
-    for key in ("replanned", "rms_gy"):             # the optimiser amplifies those last bits a little
+    for key in ("replanned", "rms_gy", "replanned_scale"):   # the optimiser amplifies those last bits a little
         np.testing.assert_allclose(f[key], np.asarray(full[key])[[0, -1]], rtol=1e-3)
     with pytest.raises(ValueError, match="differs"):
         ex.replan_front(model, data.test, 0, dataclasses.replace(cfg, spacing=14.0))
