@@ -307,6 +307,34 @@ def optimise_plan(patient: Patient, engine: DoseEngine | None = None, oar_weight
         return _optimise(patient, engine, oar_weights, method, max_iter, device, normalise, objective_kw)
 
 
+def _start_weights(op, engine, target, rx) -> np.ndarray:
+    """Uniform beamlet weights that give the target a mean dose of ``rx``: the optimisers' starting point."""
+    t = torch.as_tensor(target.reshape(-1), device=engine.device)
+    d1 = op.forward(torch.ones(engine.n_beamlets, device=engine.device, dtype=engine.dtype))
+    return np.full(engine.n_beamlets, rx / max(float(d1[t].mean()), 1e-12))
+
+
+def _lbfgs(obj, op, engine, w0, max_iter):
+    """Minimise ``obj`` (``value_and_grad`` on voxel doses) over weights >= 0 with L-BFGS-B from ``w0``.
+
+    Returns ``(weights, iterations, evaluations, final objective)``.
+    """
+    from scipy.optimize import minimize
+
+    n_eval = 0
+
+    def fg(w):
+        nonlocal n_eval
+        n_eval += 1
+        wt = torch.as_tensor(w, device=engine.device, dtype=engine.dtype)
+        val, g = obj.value_and_grad(op.forward(wt))
+        return float(val), op.adjoint(g).double().cpu().numpy()
+
+    res = minimize(fg, w0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * engine.n_beamlets,
+                   options={"maxiter": int(max_iter), "maxfun": int(2 * max_iter), "ftol": 1e-12, "gtol": 1e-10})
+    return res.x, int(res.nit), n_eval, float(res.fun)
+
+
 def _optimise(patient, engine, oar_weights, method, max_iter, device, normalise, objective_kw):
     t0 = time.perf_counter()
     engine = engine or DoseEngine.for_patient(patient, device=device)
@@ -314,27 +342,11 @@ def _optimise(patient, engine, oar_weights, method, max_iter, device, normalise,
     op = _Operator(engine)
     dev = engine.device
     prim = patient.masks[patient.primary_target]
-    prim_t = torch.as_tensor(prim.reshape(-1), device=dev)
     rx = patient.prescriptions[patient.primary_target]
-    d1 = op.forward(torch.ones(engine.n_beamlets, device=dev, dtype=engine.dtype))
-    w0 = np.full(engine.n_beamlets, rx / max(float(d1[prim_t].mean()), 1e-12))
+    w0 = _start_weights(op, engine, prim, rx)
     n_eval = 0
     if method == "lbfgs":
-        from scipy.optimize import minimize
-
-        def fg(w):
-            nonlocal n_eval
-            n_eval += 1
-            wt = torch.as_tensor(w, device=dev, dtype=engine.dtype)
-            val, g = obj.value_and_grad(op.forward(wt))
-            return float(val), op.adjoint(g).double().cpu().numpy()
-
-        res = minimize(fg, w0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * engine.n_beamlets,
-                       options={"maxiter": int(max_iter), "maxfun": int(2 * max_iter), "ftol": 1e-12,
-                                "gtol": 1e-10})
-        w = res.x
-        n_iter = int(res.nit)
-        final = float(res.fun)
+        w, n_iter, n_eval, final = _lbfgs(obj, op, engine, w0, max_iter)
     else:
         wt = torch.tensor(w0, device=dev, dtype=torch.float64, requires_grad=True)
         opt = torch.optim.Adam([wt], lr=0.05 * float(w0[0]))
@@ -499,36 +511,20 @@ def mimic_plan(patient: Patient, dose, engine: DoseEngine | None = None, structu
 
 
 def _mimic(patient, desired, engine, structure_weights, max_iter, device, normalise):
-    from scipy.optimize import minimize
-
     t0 = time.perf_counter()
     engine = engine or DoseEngine.for_patient(patient, device=device)
     dev = engine.device
     obj = _MimicObjective(patient, desired, structure_weights, device=dev)
     op = _Operator(engine)
     prim = patient.masks[patient.primary_target]
-    prim_t = torch.as_tensor(prim.reshape(-1), device=dev)
     rx = patient.prescriptions[patient.primary_target]
-    d1 = op.forward(torch.ones(engine.n_beamlets, device=dev, dtype=engine.dtype))
-    w0 = np.full(engine.n_beamlets, rx / max(float(d1[prim_t].mean()), 1e-12))
-    n_eval = 0
-
-    def fg(w):
-        nonlocal n_eval
-        n_eval += 1
-        wt = torch.as_tensor(w, device=dev, dtype=engine.dtype)
-        val, g = obj.value_and_grad(op.forward(wt))
-        return float(val), op.adjoint(g).double().cpu().numpy()
-
-    res = minimize(fg, w0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * engine.n_beamlets,
-                   options={"maxiter": int(max_iter), "maxfun": int(2 * max_iter), "ftol": 1e-12, "gtol": 1e-10})
-    w = res.x
+    w, n_iter, n_eval, final = _lbfgs(obj, op, engine, _start_weights(op, engine, prim, rx), max_iter)
     dose = op.forward(torch.as_tensor(w, device=dev, dtype=engine.dtype)).double().cpu().numpy().reshape(patient.shape)
     dose = np.clip(dose, 0.0, None)
     body = np.asarray(patient.body, bool)
     rms = float(np.sqrt(np.mean((dose[body] - desired[body]) ** 2))) if body.any() else 0.0
     scale = normalise_plan(dose, prim, rx) if normalise else 1.0
-    info = {"method": "mimic", "iterations": int(res.nit), "evaluations": n_eval, "objective": float(res.fun),
+    info = {"method": "mimic", "iterations": n_iter, "evaluations": n_eval, "objective": final,
             "scale": float(scale), "seconds": time.perf_counter() - t0, "rms_gy": rms,
             "structure_weights": dict(obj.weights)}
     return Plan((dose * scale).astype(np.float32), w * scale, engine.angles.copy(), {}, dict(patient.prescriptions),
