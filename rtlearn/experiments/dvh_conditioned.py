@@ -1217,17 +1217,26 @@ def plot_projection(cohort: ParetoCohort, patient: int, desired, selected: int):
 
 
 def plot_histories(study):
-    """Training and validation loss per epoch of every arm (every seed) of a study."""
+    """Training (dashed) and validation (solid) loss per epoch: one colour per arm, one line per seed; o = best epoch."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    several = len(study.seeds) > 1
-    for arm in study.arms:
-        for seed, records in zip(study.seeds, study.histories(arm)):
-            plotting.plot_history(records, ax=ax, label_prefix=f"{arm}{f' seed {seed}' if several else ''}: ")
-    ax.set(xlabel="epoch", ylabel=f"{_loss_label(study)} (normalised dose)")
-    if several:
-        ax.legend(fontsize=6, ncol=2)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for k, arm in enumerate(study.arms):
+        color = f"C{k}"
+        for records in study.histories(arm):
+            epochs = [r["epoch"] for r in records]
+            val = [r.get("val_loss", np.nan) for r in records]
+            ax.plot(epochs, [r["train_loss"] for r in records], color=color, lw=0.9, ls="--", alpha=0.7)
+            ax.plot(epochs, val, color=color, lw=1.2)
+            if np.any(np.isfinite(val)):
+                best = int(np.nanargmin(val))
+                ax.plot(epochs[best], val[best], "o", color=color, ms=4)
+        ax.plot([], [], color=color, lw=1.5, label=arm)
+    ax.plot([], [], color="0.4", ls="--", lw=0.9, label="training loss")
+    ax.plot([], [], color="0.4", lw=1.2, label="validation loss")
+    ax.set(yscale="log", xlabel="epoch", ylabel=f"{_loss_label(study)} (normalised dose)",
+           title=f"{len(study.seeds)} seed(s) per arm" if len(study.seeds) > 1 else None)
+    ax.legend(fontsize=7)
     return fig
 
 
@@ -1464,8 +1473,8 @@ def figures(study) -> dict:
     out = {"histories": plot_histories(study), "case_errors": plot_case_errors(study)}
     replan = study.extras(study.seeds[0]).get("replan")
     if replan:
-        out["replan"] = plot_replan({a: replan[a] for a in study.arms if a in replan}, study.cases)
-        out["replan"].suptitle(f"dose mimicking of the slider's predictions (seed {study.seeds[0]})", y=1.02)
+        out["replan"] = plot_replan({a: replan[a] for a in study.arms if a in replan},
+                                    [f"{c}, seed {study.seeds[0]}" for c in study.cases])
     front = study.extras(study.seeds[0]).get("front")
     if front and front.get("x") is not None:
         fig, ax = plt.subplots(figsize=(5.2, 3.8))
