@@ -553,8 +553,9 @@ def run(cfg: Config, seed: int, *, data: ParetoData | None = None, progress: boo
         fronts = [replan_front(model, test, i, cfg) for i in range(len(test))]
         record["seconds"][arm] = time.perf_counter() - t0
         metrics = case_metrics(res, len(test))
-        for name in ("replan_gap", "front_gap_predicted", "front_gap_replanned"):
-            metrics[name] = np.array([replan_metrics(f)[name] for f in fronts])
+        per_front = [replan_metrics(f) for f in fronts]
+        for name in per_front[0]:
+            metrics[name] = np.array([m[name] for m in per_front])
         record["metrics"][arm] = {k: np.asarray(metrics[k]).tolist() for k in METRICS}
         record["history"][arm] = [dict(r) for r in result.history.records]
         record["extras"]["table1"][arm] = {k: list(v) for k, v in summary_table(res).items()}

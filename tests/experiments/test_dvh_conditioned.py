@@ -1,5 +1,6 @@
 """rtlearn.experiments.dvh_conditioned: config, cohort of Pareto sets, run records, Table 1 evaluation, tables."""
 import dataclasses
+import zlib
 
 import matplotlib
 import numpy as np
@@ -422,7 +423,7 @@ class _FakeStudy:
         self.bias = bias
 
     def metric(self, name, arm):
-        rng = np.random.default_rng(abs(hash(name)) % 2**32)
+        rng = np.random.default_rng(zlib.crc32(name.encode()))      # hash() of a str changes per process
         mean = self.bias if name == "bias_mean_bladder" else self.bias if name == "bias_max_ptv" else 0.0
         return mean + rng.normal(0, 0.05, size=(3, 20))
 
