@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_numpy, check_dose, check_mask
+from ._validate import as_numpy, check_dose, check_mask, check_spacing
 from .dvh import cumulative_dvh
 
-__all__ = ["set_style", "structure_colors", "dose_slice", "plot_dvh", "plot_history", "DOSE_CMAP"]
+__all__ = ["set_style", "structure_colors", "image_extent", "draw_contour", "dose_slice", "plot_dvh", "plot_history",
+           "DOSE_CMAP"]
 
 DOSE_CMAP = "turbo"
 
@@ -44,6 +45,132 @@ def _axes(ax):
     return ax
 
 
+def _shape2d(shape, name: str = "shape") -> tuple[int, int]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{name} must be a 2D shape (H, W), got {shape!r}") from None
+    if len(dims) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+                                 and n >= 1 for n in dims):
+        raise ValueError(f"{name} must be a 2D shape (H, W) of positive integers, got {shape!r}; "
+                         "index a slice first (e.g. mask[z])")
+    return int(dims[0]), int(dims[1])
+
+
+def image_extent(shape, spacing=1.0) -> tuple[float, float, float, float]:
+    """The ``imshow`` extent that puts a 2D image in mm, row 0 at the top: ``(0, W*dx, H*dy, 0)``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The image's shape ``(H, W)`` (rows, columns).
+    spacing : float or (dy, dx), default 1.0
+        Pixel size in mm (row spacing ``dy``, column spacing ``dx``); ``1.0``
+        gives pixel units. Must be positive and finite.
+
+    Returns
+    -------
+    tuple of float
+        ``(left, right, bottom, top) = (0, W*dx, H*dy, 0)``: pixel ``(i, j)``
+        covers ``[j*dx, (j+1)*dx] x [i*dy, (i+1)*dy]`` with y pointing down.
+        :func:`draw_contour` draws masks in these same coordinates.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is not 2D or ``spacing`` is not positive and finite.
+
+    Examples
+    --------
+    >>> image_extent((40, 60), (2.5, 1.0))
+    (0.0, 60.0, 100.0, 0.0)
+    """
+    h, w = _shape2d(shape)
+    if spacing is not None and np.ndim(spacing) == 0:   # one number (also a 0-d array/tensor): square pixels
+        spacing = [spacing, spacing]
+    dy, dx = (float(s) for s in check_spacing(spacing, 2))
+    return 0.0, w * dx, h * dy, 0.0
+
+
+def draw_contour(ax, mask, spacing=1.0, *, color="k", linewidth=1.0, linestyle="-", label=None, halo=False,
+                 **kwargs):
+    """Draw the outline of a 2D mask in the coordinates of ``imshow(..., extent=image_extent(mask.shape, spacing))``.
+
+    The outline is the 0.5 iso-line of the mask sampled at the pixel centres
+    ``x = (j + 0.5) * dx``, ``y = (i + 0.5) * dy``, passed to ``ax.contour``
+    as explicit coordinate arrays, so it lies on the mask whatever the
+    axes' y direction and the ``image.origin`` setting (no ``extent``/``origin``
+    guesswork, which mirrors or shifts outlines).
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+        Where to draw (normally one showing an image with
+        ``extent=image_extent(mask.shape, spacing)``).
+    mask : array_like (H, W)
+        Boolean mask (NumPy, torch, or 0/1 numbers), at least 2 x 2 pixels.
+    spacing : float or (dy, dx), default 1.0
+        Pixel size in mm; ``1.0`` gives pixel units (pixel edges at integers).
+    color : colour, default "k"
+    linewidth : float, default 1.0
+    linestyle : str, default "-"
+    label : str, optional
+        Legend entry: a line of the same colour and style (only if the mask is
+        not empty).
+    halo : bool or float, default False
+        Draw a white stroke under the line so it stays visible over any dose
+        colour: ``True`` for a stroke 1.7 pt wider than ``linewidth``, a number
+        for that stroke width (pt).
+    **kwargs
+        Passed to ``ax.contour`` (e.g. ``zorder``, ``alpha``); ``levels``,
+        ``extent``, ``origin``, ``colors``, ``linewidths`` and ``linestyles``
+        are set here.
+
+    Returns
+    -------
+    matplotlib.contour.QuadContourSet or None
+        The contour set, or ``None`` for an empty mask (nothing is drawn).
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is not 2D (at least 2 x 2), contains NaN or values other
+        than 0/1, or ``spacing`` is not positive and finite.
+
+    Notes
+    -----
+    The 0.5 level lies midway between the centres of a mask and a non-mask
+    pixel, i.e. on the pixel edge: straight sides of the outline follow the
+    mask's pixel edges exactly (its bounding box is the mask's, in mm) and
+    corners are cut diagonally. Where the mask touches the image border the
+    line ends at the border pixels' centres (open there); a mask filling
+    the whole image has no outline.
+    """
+    m = check_mask(mask, allow_empty=True)
+    if m.ndim != 2 or min(m.shape) < 2:
+        raise ValueError(f"draw_contour needs a 2D mask of at least 2 x 2 pixels, got shape {m.shape}; "
+                         "index a slice first (e.g. mask[z])")
+    _, w_mm, h_mm, _ = image_extent(m.shape, spacing)
+    fixed = {"levels", "extent", "origin", "colors", "linewidths", "linestyles"} & set(kwargs)
+    if fixed:
+        raise TypeError(f"draw_contour sets {sorted(fixed)} itself; use color/linewidth/linestyle")
+    if not m.any():
+        return None
+    dy, dx = h_mm / m.shape[0], w_mm / m.shape[1]
+    yy = (np.arange(m.shape[0]) + 0.5) * dy
+    xx = (np.arange(m.shape[1]) + 0.5) * dx
+    cs = ax.contour(xx, yy, m.astype(float), levels=[0.5], colors=[color], linewidths=linewidth,
+                    linestyles=linestyle, **kwargs)
+    if halo is not False and halo is not None:
+        from matplotlib import patheffects
+
+        width = linewidth + 1.7 if halo is True else float(halo)
+        cs.set(path_effects=[patheffects.Stroke(linewidth=width, foreground="white"), patheffects.Normal()])
+    if label is not None:
+        ax.plot([], [], color=color, lw=linewidth, ls=linestyle, label=label)
+    return cs
+
+
 def dose_slice(ax=None, dose=None, masks: dict | None = None, spacing=(1.0, 1.0), image=None, vmax=None,
                title=None, colorbar=True, threshold=0.02, unit="Gy", cmap=DOSE_CMAP, alpha=0.75, legend=True,
                image_cmap="gray", image_window=(-400, 400)):
@@ -66,8 +193,7 @@ def dose_slice(ax=None, dose=None, masks: dict | None = None, spacing=(1.0, 1.0)
     d = check_dose(dose)
     if d.ndim != 2:
         raise ValueError(f"dose_slice draws a 2D slice, got shape {d.shape}; index a slice first (e.g. dose[z])")
-    dy, dx = (float(s) for s in np.broadcast_to(np.asarray(spacing, float), (2,)))
-    extent = (0, d.shape[1] * dx, d.shape[0] * dy, 0)
+    extent = image_extent(d.shape, spacing)
     if image is not None:
         img = as_numpy(image, "image")
         if img.shape != d.shape:
@@ -79,20 +205,14 @@ def dose_slice(ax=None, dose=None, masks: dict | None = None, spacing=(1.0, 1.0)
     im = ax.imshow(shown, cmap=cmap, vmin=0, vmax=max(vmax, 1e-9), extent=extent,
                    alpha=alpha if image is not None else 1, interpolation="nearest")
     if masks:
-        from matplotlib import patheffects
         from matplotlib.lines import Line2D
 
         colors = structure_colors(list(masks))
-        yy = (np.arange(d.shape[0]) + 0.5) * dy
-        xx = (np.arange(d.shape[1]) + 0.5) * dx
         handles = []
         for name, m in masks.items():
             m = check_mask(m, d.shape, name=f"mask {name!r}", allow_empty=True)
-            if not m.any():
-                continue
-            cs = ax.contour(xx, yy, m.astype(float), levels=[0.5], colors=[colors[name]], linewidths=1.3)
-            cs.set(path_effects=[patheffects.Stroke(linewidth=3.0, foreground="white"), patheffects.Normal()])
-            handles.append(Line2D([], [], color=colors[name], label=name))
+            if draw_contour(ax, m, spacing, color=colors[name], linewidth=1.3, halo=3.0) is not None:
+                handles.append(Line2D([], [], color=colors[name], label=name))
         if legend and handles:
             leg = ax.legend(handles=handles, loc="lower right", fontsize=7, frameon=True, framealpha=0.8,
                             handlelength=1.2, borderpad=0.3)

@@ -71,6 +71,7 @@ CHAPTERS = {
     "dvh_loss": "rtlearn.experiments.dvh_loss",
     "dvh_conditioned": "rtlearn.experiments.dvh_conditioned",
     "region": "rtlearn.experiments.region",
+    "region_openkbp": "rtlearn.experiments.region_openkbp",
     "doselo": "rtlearn.experiments.doselo",
 }
 #: Version of the JSON layout of a recorded seed.

@@ -59,7 +59,7 @@ from ..phantom.anatomy import _check_mimics
 from ..phantom.datasets import case_seed
 from ..phantom.perturb import KINDS, perturbed_targets, shift_target
 from ..phantom.surrogate import BeamSurrogate
-from ..plotting import dose_slice
+from ..plotting import dose_slice, draw_contour, image_extent
 from ..tables import Markdown, markdown_table
 from ..train import fit, seeded
 
@@ -820,10 +820,6 @@ def blob_demo(seed: int = 3, shape=(64, 64), spacing=3.6, blob_radius_mm: float 
 # ---------------------------------------------------------------------------------------------------------------
 # figures
 # ---------------------------------------------------------------------------------------------------------------
-def _extent(shape, spacing):
-    return [0, shape[1] * spacing[1], shape[0] * spacing[0], 0]
-
-
 def blob_figure(demo: dict):
     """The plan on the true GTV and the dose differences (Gy) of the blob and the shifted GTV (:func:`blob_demo`)."""
     import matplotlib.pyplot as plt
@@ -831,11 +827,10 @@ def blob_figure(demo: dict):
     p = demo["patient"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=80)
     dose_slice(axes[0], demo["ref"], {"GTV": p.masks["GTV"]}, spacing=p.spacing, title="Plan on the true GTV")
-    ext = _extent(p.shape, p.spacing)
+    ext = image_extent(p.shape, p.spacing)
     for ax, name, title in ((axes[1], "blob", "GTV + distant blob"), (axes[2], "shift", "GTV shifted 1 voxel")):
         im = ax.imshow(demo[name]["dose"] - demo["ref"], cmap="RdBu_r", vmin=-40, vmax=40, extent=ext)
-        ax.contour(demo[name]["mask"], levels=[0.5], colors="k", linewidths=1, extent=[0, ext[1], 0, ext[2]],
-                   origin="upper")
+        draw_contour(ax, demo[name]["mask"], p.spacing, color="k", linewidth=1)
         ax.set_title(f"{title}: dose difference\nDice {demo[name]['dice']:.2f}, RMAE {demo[name]['rmae']:.2f}")
         ax.set_xlabel("x (mm)")
         ax.set_ylabel("y (mm)")
@@ -923,7 +918,7 @@ def predictor_figure(data: dict, kind: str = "blobs"):
     dose_slice(axes[0], held["target"][j, 0], m, spacing=sp, title=f"planned ({kind} target)")
     dose_slice(axes[1], pred, m, spacing=sp, title="$M_D$ prediction")
     im = axes[2].imshow(pred - held["target"][j, 0], cmap="RdBu_r", vmin=-15, vmax=15,
-                        extent=_extent(pred.shape, sp))
+                        extent=image_extent(pred.shape, sp))
     axes[2].set_title("prediction − plan")
     axes[2].set_xlabel("x (mm)")
     axes[2].set_ylabel("y (mm)")
@@ -971,16 +966,17 @@ def worst_cases_figure(record: dict, data: dict, arms_shown=None, n: int = 3):
         case = cases[i]
         p = data["seg_cases"][case]
         ref = data["ref_doses"][case]
-        axes[row, 0].imshow(p.mr["T1c"], cmap="gray")
-        axes[row, 0].contour(p.masks["GTV"], levels=[0.5], colors="k", linewidths=1)
+        ext = image_extent(ref.shape, p.spacing)           # every panel in mm, row 0 at the top
+        axes[row, 0].imshow(p.mr["T1c"], cmap="gray", extent=ext)
+        draw_contour(axes[row, 0], p.masks["GTV"], p.spacing, color="k", linewidth=1)
         axes[row, 0].set_title(f"case {case}: T1c", fontsize=9)
-        im0 = axes[row, 1].imshow(ref, cmap="jet", vmin=0, vmax=66)
+        im0 = axes[row, 1].imshow(ref, cmap="jet", vmin=0, vmax=66, extent=ext)
         axes[row, 1].set_title("reference dose", fontsize=9)
         for col, name in enumerate(names, start=2):
             mask = record["live"]["masks"][name][i]
-            im = axes[row, col].imshow(ref - record["live"]["doses"][name][i], cmap="RdBu_r", vmin=-40, vmax=40)
-            if mask.any():
-                axes[row, col].contour(mask, levels=[0.5], colors="w", linewidths=0.8)
+            im = axes[row, col].imshow(ref - record["live"]["doses"][name][i], cmap="RdBu_r", vmin=-40, vmax=40,
+                                       extent=ext)
+            draw_contour(axes[row, col], mask, p.spacing, color="w", linewidth=0.8)   # nothing if empty
             axes[row, col].set_title(f"Ref − {name}\nRMAE {rm[name][i]:.2f}, Dice {dc[name][i]:.2f}", fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")

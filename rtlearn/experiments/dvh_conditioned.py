@@ -1318,12 +1318,10 @@ def plot_tradeoffs(model, cohort: ParetoCohort, patient: int = 0, source: int = 
         true = cohort.doses[patient, j].numpy() * to_rx
         pred = predict(model, cohort.anatomy[patient], desired, n_bins=nb).numpy() * to_rx
         ax = axs[r, 0]
-        yy = (np.arange(true[sl].shape[0]) + 0.5) * spacing[0]
-        xx = (np.arange(true[sl].shape[1]) + 0.5) * spacing[1]
+        left, right, bottom, top = plotting.image_extent(true[sl].shape, spacing)
         for n, mk in m.items():
-            ax.contour(xx, yy, mk.astype(float), levels=[0.5], colors=[colors[n]], linewidths=1.3)
-            ax.plot([], [], color=colors[n], label=n)
-        ax.set(xlim=(0, xx[-1] + xx[0]), ylim=(yy[-1] + yy[0], 0), aspect="equal", xlabel="x (mm)", ylabel="y (mm)",
+            plotting.draw_contour(ax, mk, spacing, color=colors[n], linewidth=1.3, label=n)
+        ax.set(xlim=(left, right), ylim=(bottom, top), aspect="equal", xlabel="x (mm)", ylabel="y (mm)",
                title=f"contours; desired: patient {source} plan {q}")
         ax.legend(fontsize=7, loc="lower right")
         plotting.dose_slice(axs[r, 1], true[sl], {}, spacing=spacing, vmax=110, unit="% Rx", title=f"true (plan {j})")

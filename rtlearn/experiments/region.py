@@ -60,9 +60,9 @@ from ..tables import Markdown, markdown_table
 from ..train import fit, seeded
 
 __all__ = [
-    "ORGANS_PHANTOM", "ORGANS_OPENKBP", "PAPER", "ARMS", "MAIN_ARMS", "OTHER_ARMS", "CLAIMS", "TINY", "Config",
+    "ORGANS_PHANTOM", "ORGANS_OPENKBP", "ORGANS_OPENKBP_2D", "PAPER", "ARMS", "MAIN_ARMS", "OTHER_ARMS", "SUM_ARMS", "DC_ARMS", "CLAIMS", "TINY", "Config",
     "default_config", "load_data", "arm_loss", "run", "merge_records", "labels_from_masks", "window_ct",
-    "phantom_data", "openkbp_data", "hard_dice", "predict_labels", "case_metrics", "organ_mean", "tables",
+    "phantom_data", "openkbp_data", "openkbp_slices", "hard_dice", "predict_labels", "case_metrics", "organ_mean", "tables",
     "plot_case", "plot_learning_curves", "plot_predictions", "plot_ablation", "gradient_map",
 ]
 
@@ -73,6 +73,10 @@ ORGANS_PHANTOM = ("Brainstem", "OpticChiasm", "Mandible", "OpticNerve_L", "Optic
                   "RightParotid", "Submandibular_L", "Submandibular_R")
 #: OpenKBP's seven organs at risk (full profile)
 ORGANS_OPENKBP = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible")
+#: The five of them contoured for most OpenKBP patients (the 2D study's classes): the larynx and the
+#: oesophagus are contoured for fewer than half of the patients with a CT, and an organ that is present in the
+#: CT but not contoured would be taught as background
+ORGANS_OPENKBP_2D = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Mandible")
 
 #: Numbers stated in the text of Chen et al. 2023 (Sec. 4.3); the per-organ tables are images in our copy.
 PAPER = {
@@ -93,12 +97,18 @@ def _baseline(cfg):
     return _overlap.DiceCELoss(cfg.lam)
 
 
-def _rs(cfg):
-    return _region.RegionSpecificLoss(cfg.grid, region_reduction=cfg.region_reduction)
+def _rs(cfg, grid=None, reduction=None):
+    return _region.RegionSpecificLoss(cfg.grid if grid is None else grid,
+                                      region_reduction=reduction or cfg.region_reduction)
 
 
-def _ars(cfg):
-    return _region.AdaptiveRegionSpecificLoss(cfg.grid, cfg.A, cfg.B, region_reduction=cfg.region_reduction)
+def _ars(cfg, grid=None, reduction=None):
+    return _region.AdaptiveRegionSpecificLoss(cfg.grid if grid is None else grid, cfg.A, cfg.B,
+                                              region_reduction=reduction or cfg.region_reduction)
+
+
+def _plus(region_term):
+    return lambda cfg: _region.SumOfLosses(_baseline(cfg), region_term(cfg), weights=(1.0, cfg.region_weight))
 
 
 #: Arm name -> ``factory(cfg) -> loss module`` (``loss(probabilities, labels) -> scalar``).
@@ -106,8 +116,13 @@ ARMS = {
     "CE": lambda cfg: _overlap.CrossEntropyLoss(),
     "Dice": lambda cfg: _overlap.DiceLoss(),
     "Baseline": _baseline,                                                    # Eq. (9): Dice + lam CE
-    "Baseline+RS": lambda cfg: _region.SumOfLosses(_baseline(cfg), _rs(cfg), weights=(1.0, cfg.region_weight)),
-    "Baseline+ARS": lambda cfg: _region.SumOfLosses(_baseline(cfg), _ars(cfg), weights=(1.0, cfg.region_weight)),
+    "Baseline+RS": _plus(_rs),                                                # Eq. (4), mean over blocks
+    "Baseline+ARS": _plus(_ars),                                              # Eqs. (6)-(8)
+    # Eq. (4) as printed: the sum over the DC**dims blocks instead of their mean
+    "Baseline+RS (sum)": _plus(lambda cfg: _rs(cfg, reduction="sum")),
+    "Baseline+ARS (sum)": _plus(lambda cfg: _ars(cfg, reduction="sum")),
+    # the division-coefficient ablation (the paper's Fig. 7): B + RS with DC fixed by the arm
+    **{f"Baseline+RS (DC {dc})": _plus(lambda cfg, dc=dc: _rs(cfg, grid=dc)) for dc in (1, 2, 4, 8)},
     "Focal Tversky": lambda cfg: _overlap.FocalTverskyLoss(),                 # Table 5 of the paper
     "Generalised Dice": lambda cfg: _overlap.GeneralizedDiceLoss(),
     "Sensitivity-specificity": lambda cfg: _overlap.SensitivitySpecificityLoss(),
@@ -116,6 +131,10 @@ ARMS = {
 MAIN_ARMS = ("CE", "Dice", "Baseline", "Baseline+RS", "Baseline+ARS")
 #: The other region-based losses of the paper's Table 5.
 OTHER_ARMS = ("Focal Tversky", "Generalised Dice", "Sensitivity-specificity")
+#: Eq. (4) summed over the blocks, as printed, against the mean we use.
+SUM_ARMS = ("Baseline+RS (sum)", "Baseline+ARS (sum)")
+#: B + RS at DC = 1, 2, 4, 8 (the main B + RS arm uses ``cfg.grid``).
+DC_ARMS = tuple(f"Baseline+RS (DC {dc})" for dc in (1, 2, 4, 8))
 
 
 def arm_loss(arm: str, cfg) -> torch.nn.Module:
@@ -140,6 +159,10 @@ CLAIMS = (
           "With the region-specific loss the network learns faster (higher DSC early in training)"),
     Claim("dsc_early", "Baseline", "Baseline+ARS", "higher",
           "With the adaptive region-specific loss the network learns faster (higher DSC early in training)"),
+    Claim("dsc_auc", "Baseline", "Baseline+RS", "higher",
+          "With the region-specific loss the area under the early learning curve is larger"),
+    Claim("dsc_auc", "Baseline", "Baseline+ARS", "higher",
+          "With the adaptive region-specific loss the area under the early learning curve is larger"),
 )
 
 
@@ -160,14 +183,20 @@ class Config:
     mandible, vertebrae and teeth all saturate)
     or ``"openkbp"`` (the first patients with a CT of OpenKBP's own splits;
     ``None`` = all; ``shape``, ``spacing``, ``noise_hu`` and ``data_seed`` are then
-    unused). Losses: ``arms`` (keys of :data:`ARMS`); ``lam`` weights the
+    unused; with ``dims=2``: every axial slice of each patient between the
+    first and last slice of its organs, ``z_margin`` slices added on each side,
+    cropped in-plane to ``crop`` x ``crop`` voxels around the body's centre, every
+    ``slice_step``-th slice for training and validation, all of them for the
+    test volumes, see :func:`openkbp_slices`; ``root``: the prepared dataset,
+    default :func:`rtlearn.data.openkbp.find_openkbp`). Losses: ``arms`` (keys of :data:`ARMS`); ``lam`` weights the
     CE of the baseline; the region terms use ``grid`` (DC), ``A``, ``B``,
     ``region_reduction`` and ``region_weight``. Training: a U-Net of ``depth``
     levels and ``width`` channels, Adam with ``lr``, learning rate divided by 10
     after ``plateau_patience`` epochs without validation improvement, at most
     ``epochs`` epochs, stopped after ``early_stopping`` epochs without
     improvement (``None``: never), the weights with the lowest validation loss
-    restored. ``early_epoch``: the epoch whose weights give ``dsc_early``.
+    restored. ``early_epoch``: the epoch whose weights give ``dsc_early``; ``dsc_auc``
+    averages the test DSC of the weights after epochs ``1 .. early_epoch``.
     """
 
     source: str = "phantom"
@@ -197,6 +226,10 @@ class Config:
     plateau_patience: int = 5
     early_stopping: int | None = None
     early_epoch: int = 10
+    crop: int = 64
+    slice_step: int = 1
+    z_margin: int = 2
+    root: str | None = None
     device: str | None = None
 
     def __post_init__(self):
@@ -204,7 +237,8 @@ class Config:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
-        for name in ("width", "depth", "epochs", "batch_size", "early_epoch", "plateau_patience", "grid"):
+        for name in ("width", "depth", "epochs", "batch_size", "early_epoch", "plateau_patience", "grid", "crop",
+                     "slice_step"):
             _positive_int(getattr(self, name), name)
         for name in ("n_train", "n_val", "n_test"):
             v = getattr(self, name)
@@ -216,6 +250,10 @@ class Config:
             raise ValueError(f"n_test must be >= 2 for paired tests, got {self.n_test}")
         if self.early_stopping is not None:
             _positive_int(self.early_stopping, "early_stopping")
+        if isinstance(self.z_margin, bool) or not isinstance(self.z_margin, (int, np.integer)) or self.z_margin < 0:
+            raise ValueError(f"z_margin must be an int >= 0, got {self.z_margin!r}")
+        if self.crop > 128:
+            raise ValueError(f"crop must be at most OpenKBP's 128 voxels, got {self.crop}")
         if self.early_epoch > self.epochs:
             raise ValueError(f"early_epoch ({self.early_epoch}) must not exceed epochs ({self.epochs})")
         arms = tuple(self.arms)
@@ -259,13 +297,14 @@ def default_config(profile: str | None = None, **overrides) -> Config:
       Baseline + RS, Baseline + ARS.
     * ``study`` (recorded by ``python -m rtlearn.study region --profile study
       --seeds 0-4``): the paper's three arms Baseline, Baseline + RS and
-      Baseline + ARS on 160 / 24 / 40 slices of the same kind (the same nine
+      Baseline + ARS, and B + RS and B + ARS with Eq. (4)'s sum over the blocks
+      (:data:`SUM_ARMS`), on 160 / 24 / 40 slices of the same kind (the same nine
       organs, no added noise), at most 100
       epochs with early stopping after 10 epochs without improvement of the
       validation loss (the best weights restored), ``dsc_early`` after 5 epochs
-      (200 optimisation steps, while the baseline is still learning). Measured
-      cost: 300-309 s per seed on one thread of a 2-core CPU shared with another
-      study (load average about 3), 22.6 min for seeds 0-4.
+      (200 optimisation steps, while the baseline is still learning) and
+      ``dsc_auc`` over epochs 1-5. The OpenKBP study is
+      :mod:`rtlearn.experiments.region_openkbp`.
     * ``full`` (GPU): OpenKBP's CT volumes with its seven organs at risk (every
       patient with a CT), a 4-level U-Net of width 16, 60 epochs, batch 2; with
       ``source="phantom"`` 160 / 20 / 40 3D phantoms of 64 x 128 x 128 voxels
@@ -281,7 +320,7 @@ def default_config(profile: str | None = None, **overrides) -> Config:
     if name == "quick":
         base = {}
     elif name == "study":
-        base = dict(n_train=160, n_val=24, n_test=40, arms=("Baseline", "Baseline+RS", "Baseline+ARS"),
+        base = dict(n_train=160, n_val=24, n_test=40, arms=("Baseline", "Baseline+RS", "Baseline+ARS", *SUM_ARMS),
                     epochs=100, early_stopping=10, early_epoch=5)
     else:
         train = dict(epochs=60, width=16, depth=4, batch_size=2, lr=1e-3)
@@ -424,11 +463,118 @@ def openkbp_data(n_train=None, n_val=None, n_test=None, *, organs=ORGANS_OPENKBP
     return out
 
 
+def _crop_box(centre: float, size: int, n: int) -> tuple[int, int]:
+    start = int(round(centre - size / 2))
+    start = min(max(start, 0), n - size)
+    return start, start + size
+
+
+def openkbp_slices(n_train=None, n_val=None, n_test=None, *, organs=ORGANS_OPENKBP_2D, window=(-200.0, 400.0),
+                   crop: int = 64, slice_step: int = 1, z_margin: int = 2, root=None, progress: bool = True) -> dict:
+    """OpenKBP CT as 2D axial slices for multi-organ segmentation (the OpenKBP study of the chapter).
+
+    Per patient with a CT, taken in order from OpenKBP's own splits (``None``: every such patient):
+
+    * the axial slices from the first to the last slice that holds one of ``organs``,
+      ``z_margin`` slices added on each side (clipped to the volume): the block a
+      localisation step would hand to the segmentation network;
+    * cropped in-plane to ``crop`` x ``crop`` voxels (the native, patient-specific
+      voxel size, 2.7-5.4 mm) centred on the body (CT above -300 HU) of those slices:
+      no ground truth is used to place the crop;
+    * CT windowed to ``window`` (default the paper's ``[-200, 400]`` HU) and rescaled to
+      ``[-1, 1]``; labels from the organ masks (:func:`labels_from_masks`).
+
+    Training and validation patients must have every organ of ``organs`` contoured
+    (an organ visible in the CT but not contoured would be taught as background);
+    the others are listed in ``"skipped_incomplete"``. Training and validation
+    keep every ``slice_step``-th slice; a test patient keeps every slice, so that
+    its prediction is a volume, and is used whatever it has contoured (an organ
+    that is not contoured is not scored: its DSC is NaN). Patients without a CT
+    are listed in ``"skipped_no_ct"``.
+
+    Returns
+    -------
+    dict
+        ``{"train"|"val": {"image": S x 1 x crop x crop float32, "label": S x crop x crop
+        uint8, "spacing": S x 2 (mm), "cases": patient of each slice}, "test": the same
+        with every slice of each patient plus ``"groups"`` (the ``[start, stop)`` slices of
+        each patient), ``"volume_spacing"`` (patients x 3, z/y/x mm), ``"patients"`` and
+        ``"cases"`` (patient ids), "organs", "dims": 2, "crop_kept": the share of organ
+        voxels inside the crop, per split}``.
+    """
+    _check_counts(*(1 if v is None else v for v in (n_train, n_val, n_test)))
+    organs = tuple(organs)
+    if not organs:
+        raise ValueError("organs must name at least one structure")
+    for name, v, low in (("crop", crop, 1), ("slice_step", slice_step, 1), ("z_margin", z_margin, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    if crop > 128:
+        raise ValueError(f"crop must be at most OpenKBP's 128 voxels, got {crop}")
+    out = {"organs": organs, "dims": 2, "skipped_no_ct": [], "skipped_incomplete": [], "crop_kept": {}}
+    for key, split, n in (("train", "train", n_train), ("val", "validation", n_val), ("test", "test", n_test)):
+        imgs, labs, sps, case_of, groups, vol_sp, ids = [], [], [], [], [], [], []
+        kept = total = 0
+        start = 0
+        for pid in tqdm(okbp.list_patients(split, root), desc=f"OpenKBP {split}", disable=not progress):
+            if n is not None and len(ids) == n:
+                break
+            a = okbp.load_patient(pid, split, root)
+            if "ct" not in a:
+                out["skipped_no_ct"].append(pid)
+                continue
+            present = [o in a and bool(a[o].any()) for o in organs]
+            if key != "test" and not all(present):
+                out["skipped_incomplete"].append(pid)
+                continue
+            if not any(present):
+                out["skipped_incomplete"].append(pid)
+                continue
+            ct = to_zyx(a["ct"]).astype(np.float32) - 1024.0  # stored as HU + 1024
+            masks = np.stack([to_zyx(a[o]) if p else np.zeros(ct.shape, bool) for o, p in zip(organs, present)])
+            union = masks.any(0)
+            z = np.flatnonzero(union.any((1, 2)))
+            z0, z1 = max(int(z[0]) - z_margin, 0), min(int(z[-1]) + 1 + z_margin, ct.shape[0])
+            body = ct[z0:z1] > -300.0
+            _, yy, xx = np.nonzero(body)
+            (y0, y1), (x0, x1) = (_crop_box(c, crop, m) for c, m in ((yy.mean(), ct.shape[1]), (xx.mean(), ct.shape[2])))
+            step = 1 if key == "test" else slice_step
+            zs = np.arange(z0, z1, step)
+            lab = labels_from_masks(masks[:, zs, y0:y1, x0:x1])
+            kept += int(union[z0:z1, y0:y1, x0:x1].sum())
+            total += int(union.sum())
+            sp = spacing_zyx(a["voxel_dimensions"])
+            imgs.append(window_ct(ct[zs, y0:y1, x0:x1], window))
+            labs.append(lab)
+            sps.append(np.tile(np.asarray(sp[1:], np.float64), (len(zs), 1)))
+            case_of += [pid] * len(zs)
+            groups.append((start, start + len(zs)))
+            start += len(zs)
+            vol_sp.append(sp)
+            ids.append(pid)
+        if not ids or (n is not None and len(ids) < n):
+            raise ValueError(f"only {len(ids)} usable {split} patients (with a CT"
+                             f"{'' if key == 'test' else ' and every organ contoured'}), {n} requested")
+        part = {"image": torch.from_numpy(np.concatenate(imgs)[:, None]),
+                "label": torch.from_numpy(np.concatenate(labs)), "spacing": np.concatenate(sps)}
+        if key == "test":
+            part.update(groups=groups, volume_spacing=np.asarray(vol_sp, np.float64), patients=ids, cases=ids)
+        else:
+            part.update(cases=case_of, patients=ids)
+        out[key] = part
+        out["crop_kept"][key] = kept / max(total, 1)
+    return out
+
+
 def load_data(cfg: Config, progress: bool = False) -> dict:
     """The data of ``cfg``: :func:`phantom_data` or :func:`openkbp_data` (fixed by ``cfg``, not by the seed)."""
+    if cfg.source == "openkbp" and cfg.dims == 2:
+        return openkbp_slices(cfg.n_train, cfg.n_val, cfg.n_test, organs=cfg.organs, window=cfg.window,
+                              crop=cfg.crop, slice_step=cfg.slice_step, z_margin=cfg.z_margin, root=cfg.root,
+                              progress=progress)
     if cfg.source == "openkbp":
         return openkbp_data(cfg.n_train, cfg.n_val, cfg.n_test, organs=cfg.organs, window=cfg.window,
-                            progress=progress)
+                            root=cfg.root, progress=progress)
     return phantom_data(cfg.n_train, cfg.n_val, cfg.n_test, organs=cfg.organs, dims=cfg.dims, shape=cfg.shape,
                         spacing=cfg.spacing, seed=cfg.data_seed, window=cfg.window, noise_hu=cfg.noise_hu,
                         progress=progress)
@@ -446,21 +592,25 @@ class _Pairs(torch.utils.data.Dataset):
 
 
 class _SnapshotLoader(torch.utils.data.DataLoader):
-    """Validation loader that keeps a copy of ``model``'s weights as its pass of epoch ``epoch`` begins.
+    """Validation loader that keeps a copy of ``model``'s weights as each of its first ``epoch`` passes begins.
 
-    The trainer validates right after each training epoch, so the copy holds the
-    weights after ``epoch`` epochs of the run (the weights of the last epoch when
-    early stopping ends the run sooner). Iterating it draws what a plain loader draws.
+    The trainer validates right after each training epoch, so ``states[j]`` holds
+    the weights after ``j + 1`` epochs of the run (fewer copies when early stopping
+    ends the run sooner). Iterating it draws what a plain loader draws.
     """
 
     def __init__(self, dataset, model, epoch: int, **kwargs):
         super().__init__(dataset, **kwargs)
-        self.model, self.epoch, self.passes, self.state = model, epoch, 0, None
+        self.model, self.epoch, self.states = model, epoch, []
+
+    @property
+    def state(self):
+        """The weights after ``epoch`` epochs (or after the last epoch run, if fewer)."""
+        return self.states[-1] if self.states else None
 
     def __iter__(self):
-        self.passes += 1
-        if self.passes <= self.epoch:
-            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if len(self.states) < self.epoch:
+            self.states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
         return super().__iter__()
 
 
@@ -547,15 +697,30 @@ def _model(cfg, n_classes, dims):
                 final_activation="softmax")
 
 
+def _test_metrics(pred, test, organs, surface: bool = True) -> dict:
+    """:func:`case_metrics` per test case: per image, or per patient volume when the test part has ``groups``."""
+    if "groups" not in test:
+        return case_metrics(pred, test["label"], organs, test["spacing"], surface=surface)
+    lab = test["label"].numpy()
+    parts = [case_metrics(pred[None, a:b], lab[None, a:b], organs, sp, surface=surface)
+             for (a, b), sp in zip(test["groups"], test["volume_spacing"])]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "organs"}
+    out["organs"] = tuple(organs)
+    return out
+
+
 def run(cfg: Config, seed: int, *, data=None, progress: bool = True) -> dict:
     """Train every arm of ``cfg`` for ``seed`` with :func:`rtlearn.train.fit`; evaluate on the test cases.
 
     Each arm starts from the same initial weights (built in :func:`rtlearn.train.seeded`
-    with ``seed``) and sees the batches in the same order. Per test case the record holds
-    the organ-averaged ``dsc``, ``recall``, ``precision``, ``hd95`` (mm), ``asd`` (mm),
-    ``missed`` (number of organs present but not predicted), ``dsc_<organ>`` per organ
-    and ``dsc_early``: the organ-averaged DSC of the same run's weights after
-    ``cfg.early_epoch`` epochs (learning speed).
+    with ``seed``) and sees the batches in the same order. A test case is an image, or a
+    patient's volume of slices for the OpenKBP slices (:func:`openkbp_slices`). Per test
+    case the record holds the organ-averaged ``dsc``, ``recall``, ``precision``, ``hd95``
+    (mm), ``asd`` (mm), ``missed`` (number of organs present but not predicted),
+    ``dsc_<organ>`` and ``hd95_<organ>`` per organ, and learning speed: ``dsc_early``, the
+    organ-averaged DSC of the same run's weights after ``cfg.early_epoch`` epochs, and
+    ``dsc_auc``, the mean of that DSC over the weights after epochs ``1 .. early_epoch``
+    (the area under the case's early learning curve, divided by its length).
 
     Returns
     -------
@@ -582,16 +747,20 @@ def run(cfg: Config, seed: int, *, data=None, progress: bool = True) -> dict:
                      early_stopping=cfg.early_stopping, device=device, progress=False,
                      metrics={"val_dsc": lambda p, b: hard_dice(p, b["target"], n_classes)})
         pred = predict_labels(result.model, test["image"], cfg.batch_size, device)
+        m = _test_metrics(pred.numpy(), test, organs)
+        early_dsc = []
+        snapshot = copy.deepcopy(result.model)
+        for state in val.states:  # the learning curve of every test case over the first epochs
+            snapshot.load_state_dict(state)
+            pred_early = predict_labels(snapshot, test["image"], cfg.batch_size, device)
+            early_dsc.append(organ_mean(_test_metrics(pred_early.numpy(), test, organs, surface=False)["dsc"]))
         seconds[arm] = time.perf_counter() - t0
-        early = copy.deepcopy(result.model)
-        early.load_state_dict(val.state)
-        pred_early = predict_labels(early, test["image"], cfg.batch_size, device)
-        m = case_metrics(pred, test["label"], organs, test["spacing"])
-        m_early = case_metrics(pred_early, test["label"], organs, test["spacing"], surface=False)
         per_case = {k: organ_mean(m[k]) for k in ("dsc", "recall", "precision", "hd95", "asd")}
         per_case["missed"] = m["missed"].sum(1).astype(float)
-        per_case["dsc_early"] = organ_mean(m_early["dsc"])
+        per_case["dsc_early"] = early_dsc[-1]
+        per_case["dsc_auc"] = np.mean(early_dsc, 0)
         per_case.update({f"dsc_{o}": m["dsc"][:, j] for j, o in enumerate(organs)})
+        per_case.update({f"hd95_{o}": m["hd95"][:, j] for j, o in enumerate(organs)})
         metrics[arm] = {k: [float(x) for x in v] for k, v in per_case.items()}
         history[arm] = result.history.records
         live["models"][arm], live["pred"][arm] = result.model, pred.numpy()

@@ -1550,12 +1550,11 @@ def plot_weight_map(dose_gy, body, spacing, gammas=(25.0, 100.0, 500.0), masks=N
     dy, dx = (float(s) for s in spacing)
     plotting.dose_slice(axes[0], d, {"body": b, **(masks or {})}, spacing=(dy, dx), title="true dose",
                         legend=False)
-    extent = (0, d.shape[1] * dx, d.shape[0] * dy, 0)
-    yy, xx = (np.arange(d.shape[0]) + 0.5) * dy, (np.arange(d.shape[1]) + 0.5) * dx
+    extent = plotting.image_extent(d.shape, (dy, dx))
     for ax, g in zip(axes[1:], gammas):
         w = sharp_weight(d / NORM_GY, float(g))
         im = ax.imshow(w, cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest")
-        ax.contour(xx, yy, b.astype(float), levels=[0.5], colors="c", linewidths=0.8)
+        plotting.draw_contour(ax, b, (dy, dx), color="c", linewidth=0.8)
         frac = float(np.mean(w[b] >= 0.99)) * 100
         ax.set_title(f"γ = {g:g}: weight ≥ 0.99 in {frac:.0f} % of the body", fontsize=9)
         ax.set_xlabel("x (mm)")

@@ -153,7 +153,7 @@ def test_default_config_profiles_and_errors():
     assert (q.epochs, q.width, q.depth, q.batch_size, q.lr, q.early_stopping) == (40, 8, 3, 4, 3e-3, None)
     assert q.arms == R.MAIN_ARMS and q.grid == 16 and (q.A, q.B) == (0.3, 0.4)
     s = R.default_config("study")
-    assert s.arms == ("Baseline", "Baseline+RS", "Baseline+ARS")
+    assert s.arms == ("Baseline", "Baseline+RS", "Baseline+ARS", *R.SUM_ARMS)
     assert s.n_train > q.n_train and s.n_test >= 24 and s.epochs > q.epochs
     assert s.early_stopping is not None and 8 <= s.early_stopping <= 10 and s.early_epoch < s.epochs
     f = R.default_config("full")
@@ -186,7 +186,7 @@ def test_claims_name_existing_arms_and_metrics():
     study_arms = R.default_config("study").arms
     for c in R.CLAIMS:
         assert c.a in study_arms and c.b in study_arms and c.direction == "higher"
-        assert c.metric in ("dsc", "dsc_early")
+        assert c.metric in ("dsc", "dsc_early", "dsc_auc")
     assert R.CLAIMS[0].paper == pytest.approx(0.013) and R.CLAIMS[1].paper == pytest.approx(0.021)
 
 
@@ -206,8 +206,8 @@ def test_run_record_is_valid_and_tabulates(tiny_cfg, tiny_record):
     rec = tiny_record
     validate_record(rec)
     assert set(rec["metrics"]) == set(tiny_cfg.arms) and len(rec["cases"]) == tiny_cfg.n_test
-    names = {"dsc", "recall", "precision", "hd95", "asd", "missed", "dsc_early"} | {
-        f"dsc_{o}" for o in tiny_cfg.organs}
+    names = {"dsc", "recall", "precision", "hd95", "asd", "missed", "dsc_early", "dsc_auc"} | {
+        f"{m}_{o}" for o in tiny_cfg.organs for m in ("dsc", "hd95")}
     for arm in tiny_cfg.arms:
         assert set(rec["metrics"][arm]) == names
         assert len(rec["history"][arm]) == tiny_cfg.epochs and "val_dsc" in rec["history"][arm][0]
