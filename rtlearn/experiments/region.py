@@ -62,7 +62,7 @@ from ..train import fit, seeded
 __all__ = [
     "ORGANS_PHANTOM", "ORGANS_OPENKBP", "ORGANS_OPENKBP_2D", "PAPER", "ARMS", "MAIN_ARMS", "OTHER_ARMS", "SUM_ARMS", "DC_ARMS", "CLAIMS", "TINY", "Config",
     "default_config", "load_data", "arm_loss", "run", "merge_records", "labels_from_masks", "window_ct",
-    "phantom_data", "openkbp_data", "openkbp_slices", "hard_dice", "predict_labels", "case_metrics", "organ_mean", "tables",
+    "phantom_data", "openkbp_data", "openkbp_slices", "AUGMENTATION", "mirror_classes", "augment", "hard_dice", "predict_labels", "case_metrics", "organ_mean", "tables",
     "plot_case", "plot_learning_curves", "plot_predictions", "plot_ablation", "gradient_map",
 ]
 
@@ -195,7 +195,8 @@ class Config:
     after ``plateau_patience`` epochs without validation improvement, at most
     ``epochs`` epochs, stopped after ``early_stopping`` epochs without
     improvement (``None``: never), the weights with the lowest validation loss
-    restored. ``early_epoch``: the epoch whose weights give ``dsc_early``; ``dsc_auc``
+    restored; ``augment``: the paper's random flips, shifts and zooms of the
+    training images (:data:`AUGMENTATION`). ``early_epoch``: the epoch whose weights give ``dsc_early``; ``dsc_auc``
     averages the test DSC of the weights after epochs ``1 .. early_epoch``.
     """
 
@@ -230,6 +231,7 @@ class Config:
     slice_step: int = 1
     z_margin: int = 2
     root: str | None = None
+    augment: bool = True
     device: str | None = None
 
     def __post_init__(self):
@@ -591,6 +593,81 @@ class _Pairs(torch.utils.data.Dataset):
         return {"input": self.x[i], "target": self.y[i].long()}
 
 
+#: On-the-fly augmentation of the training images (Chen et al. 2023, Sec. 4.1: "random flipping, translation,
+#: and scaling"; the paper gives no magnitudes, these are ours): a left-right flip with probability ``flip``
+#: (left and right organs swap labels), a shift of up to ``translation`` of the image size per axis, a zoom by a
+#: factor in ``[1 - scale, 1 + scale]``.
+AUGMENTATION = {"flip": 0.5, "translation": 0.1, "scale": 0.1}
+
+
+def mirror_classes(organs) -> list:
+    """Label of each class after a left-right flip: 0 (background) stays, a left organ becomes its right partner.
+
+    Partners are names that differ only in ``Left``/``Right`` or a ``_L``/``_R`` suffix; an organ without a
+    partner keeps its label.
+    """
+    organs = list(organs)
+    out = [0]
+    for o in organs:
+        for a, b in (("Left", "Right"), ("Right", "Left")):
+            if a in o and o.replace(a, b) in organs:
+                o = o.replace(a, b)
+                break
+        else:
+            for a, b in (("_L", "_R"), ("_R", "_L")):
+                if o.endswith(a) and o[:-2] + b in organs:
+                    o = o[:-2] + b
+                    break
+        out.append(organs.index(o) + 1)
+    return out
+
+
+def augment(image, label, flip: bool, zoom: float, shift, perm) -> tuple:
+    """One image ``1 x spatial`` and its labels ``spatial`` flipped left-right (last axis), zoomed and shifted.
+
+    ``zoom`` > 1 enlarges the anatomy; ``shift`` (one value per axis, last axis first, as fractions of the
+    image size) moves it; the image is resampled bilinearly with air (-1) outside, the labels by nearest
+    neighbour with background outside; ``perm`` (:func:`mirror_classes`) relabels left and right organs of a
+    flipped image.
+    """
+    import torch.nn.functional as F
+
+    dims = label.dim()
+    theta = torch.zeros(1, dims, dims + 1, dtype=torch.float32)
+    for k in range(dims):
+        theta[0, k, k] = 1.0 / zoom
+        theta[0, k, dims] = -2.0 * float(shift[k]) / zoom
+    if flip:
+        theta[0, 0, 0] = -theta[0, 0, 0]
+    size = (1, 1, *label.shape)
+    grid = F.affine_grid(theta, size, align_corners=False)
+    img = F.grid_sample(image[None].float() + 1.0, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)[0] - 1.0
+    lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                        align_corners=False)[0, 0].round().long()
+    if flip:
+        lab = torch.as_tensor(perm)[lab]
+    return img, lab
+
+
+class _Augmented(_Pairs):
+    """Training pairs with :data:`AUGMENTATION`, drawn from a generator of their own (the same for every arm)."""
+
+    def __init__(self, part, organs, seed: int):
+        super().__init__(part)
+        self.perm = mirror_classes(organs)
+        self.gen = torch.Generator().manual_seed(int(seed) * 7919 + 17)
+
+    def __getitem__(self, i):
+        g, a = self.gen, AUGMENTATION
+        dims = self.y.dim() - 1
+        flip = bool(torch.rand((), generator=g) < a["flip"])
+        zoom = 1.0 + a["scale"] * (2.0 * float(torch.rand((), generator=g)) - 1.0)
+        shift = (a["translation"] * (2.0 * torch.rand(dims, generator=g) - 1.0)).tolist()
+        img, lab = augment(self.x[i], self.y[i].long(), flip, zoom, shift, self.perm)
+        return {"input": img, "target": lab}
+
+
 class _SnapshotLoader(torch.utils.data.DataLoader):
     """Validation loader that keeps a copy of ``model``'s weights as each of its first ``epoch`` passes begins.
 
@@ -742,7 +819,8 @@ def run(cfg: Config, seed: int, *, data=None, progress: bool = True) -> dict:
             model = _model(cfg, n_classes, data["dims"])
         val = _SnapshotLoader(_Pairs(data["val"]), model, cfg.early_epoch, batch_size=cfg.batch_size)
         t0 = time.perf_counter()
-        result = fit(model, loss, _Pairs(data["train"]), val=val, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        train = _Augmented(data["train"], organs, seed) if cfg.augment else _Pairs(data["train"])
+        result = fit(model, loss, train, val=val, epochs=cfg.epochs, batch_size=cfg.batch_size,
                      seed=seed, lr=cfg.lr, plateau_patience=cfg.plateau_patience,
                      early_stopping=cfg.early_stopping, device=device, progress=False,
                      metrics={"val_dsc": lambda p, b: hard_dice(p, b["target"], n_classes)})

@@ -20,7 +20,7 @@ CLAIMS = region.CLAIMS
 STUDY_ARMS = ("Baseline", "Baseline+RS", "Baseline+ARS", *region.DC_ARMS)
 #: Overrides that make ``default_config("study", **TINY)`` run one seed in seconds (tests; needs the data).
 TINY = dict(n_train=2, n_val=1, n_test=2, epochs=1, early_epoch=1, width=4, depth=2, batch_size=4, grid=4,
-            crop=32, slice_step=8, arms=("Baseline", "Baseline+RS"))
+            crop=32, slice_step=8, arms=("Baseline", "Baseline+RS", "Baseline+ARS"))
 
 _DATA = dict(source="openkbp", dims=2, shape=None, spacing=None, noise_hu=0.0, organs=region.ORGANS_OPENKBP_2D,
              window=(-200.0, 400.0), crop=64, z_margin=2)
@@ -39,9 +39,10 @@ def default_config(profile: str | None = None, **overrides) -> Config:
       patients, every 8th slice for training, 4 epochs, the three main arms.
     * ``study`` (recorded by ``python -m rtlearn.study region_openkbp --profile
       study --seeds 0-2``): every usable patient (99 / 16 / 83 in the prepared
-      copy), every 4th slice for training and validation, batch 8, at most 25
-      epochs with early stopping after 6 epochs without improvement of the
-      validation loss (the best weights restored), learning speed over the first
+      copy), every 4th slice for training and validation, batch 8, the
+      learning rate divided by 10 after 2 epochs without improvement of the
+      validation loss, at most 20 epochs with early stopping after 5 (the best
+      weights restored), learning speed over the first
       3 epochs (about 900 optimisation steps); arms :data:`STUDY_ARMS`.
     * ``full`` (GPU): every slice, a 4-level U-Net of width 16, 60 epochs.
 
@@ -58,8 +59,8 @@ def default_config(profile: str | None = None, **overrides) -> Config:
         base = dict(n_train=12, n_val=4, n_test=6, slice_step=8, epochs=4, early_epoch=2, batch_size=8,
                     arms=("Baseline", "Baseline+RS", "Baseline+ARS"))
     elif name == "study":
-        base = dict(n_train=None, n_val=None, n_test=None, slice_step=4, epochs=25, early_stopping=6,
-                    plateau_patience=3, early_epoch=3, batch_size=8, arms=STUDY_ARMS)
+        base = dict(n_train=None, n_val=None, n_test=None, slice_step=4, epochs=20, early_stopping=5,
+                    plateau_patience=2, early_epoch=3, batch_size=8, arms=STUDY_ARMS)
     else:
         base = dict(n_train=None, n_val=None, n_test=None, slice_step=1, epochs=60, early_stopping=10,
                     early_epoch=3, batch_size=16, width=16, depth=4, lr=1e-3, arms=STUDY_ARMS)

@@ -282,3 +282,52 @@ def test_openkbp_data_on_real_patients(shared_data):
             m = to_zyx(src[organ])
             assert m[lab == k + 1].all()
             assert np.all((lab[m] >= 1) & (lab[m] <= k + 1))
+
+
+# --------------------------------------------------------------------------- augmentation (Sec. 4.1)
+def test_mirror_classes_swap_left_and_right_organs():
+    assert R.mirror_classes(R.ORGANS_OPENKBP_2D) == [0, 1, 2, 4, 3, 5]          # parotids swap
+    lab = R.mirror_classes(R.ORGANS_PHANTOM)
+    names = ("background", *R.ORGANS_PHANTOM)
+    assert [names[k] for k in lab] == ["background", "Brainstem", "OpticChiasm", "Mandible", "OpticNerve_R",
+                                       "OpticNerve_L", "RightParotid", "LeftParotid", "Submandibular_R",
+                                       "Submandibular_L"]
+    assert R.mirror_classes(("Brainstem",)) == [0, 1]
+
+
+def _ramp_case():
+    img = torch.linspace(-1, 1, 32 * 48).reshape(1, 32, 48)
+    lab = torch.zeros(32, 48, dtype=torch.long)
+    lab[4:10, 3:9] = 3                      # "RightParotid" on the image's left
+    lab[20:26, 30:40] = 5
+    return img, lab
+
+
+def test_augment_identity_flip_and_shift_by_hand():
+    perm = R.mirror_classes(R.ORGANS_OPENKBP_2D)
+    img, lab = _ramp_case()
+    i0, l0 = R.augment(img, lab, False, 1.0, (0.0, 0.0), perm)
+    torch.testing.assert_close(i0, img, atol=1e-5, rtol=0)
+    assert torch.equal(l0, lab)
+    i1, l1 = R.augment(img, lab, True, 1.0, (0.0, 0.0), perm)
+    torch.testing.assert_close(i1, img.flip(-1), atol=1e-5, rtol=0)
+    assert torch.equal(l1, torch.tensor(perm)[lab.flip(-1)])          # the right parotid becomes the left one
+    assert set(l1.unique().tolist()) == {0, 4, 5}
+    # a shift of 1/8 of the width moves everything by 6 pixels to the right; air (-1) and background come in
+    i2, l2 = R.augment(img, lab, False, 1.0, (6 / 48, 0.0), perm)
+    assert torch.equal(l2[:, 6:], lab[:, :-6]) and not l2[:, :6].any()
+    torch.testing.assert_close(i2[0, :, 6:], img[0, :, :-6], atol=1e-5, rtol=0)
+    torch.testing.assert_close(i2[0, :, :6], torch.full((32, 6), -1.0), atol=1e-5, rtol=0)
+    # a zoom by 1.2 enlarges the organs about the image centre
+    _, l3 = R.augment(img, lab, False, 1.2, (0.0, 0.0), perm)
+    assert (l3 == 5).sum() > (lab == 5).sum()
+
+
+def test_augmented_pairs_are_seeded_and_the_same_for_every_arm():
+    img, lab = _ramp_case()
+    part = {"image": img[None].repeat(3, 1, 1, 1), "label": lab[None].repeat(3, 1, 1).to(torch.uint8)}
+    a, b, c = (R._Augmented(part, R.ORGANS_OPENKBP_2D, s) for s in (0, 0, 1))
+    ia, ib, ic = ([d[i]["target"] for i in range(3) for _ in range(4)] for d in (a, b, c))
+    assert all(torch.equal(x, y) for x, y in zip(ia, ib))
+    assert not all(torch.equal(x, y) for x, y in zip(ia, ic))
+    assert a[0]["input"].shape == (1, 32, 48) and a[0]["target"].dtype == torch.long
