@@ -63,7 +63,7 @@ __all__ = [
     "ORGANS_PHANTOM", "ORGANS_OPENKBP", "ORGANS_OPENKBP_2D", "PAPER", "ARMS", "MAIN_ARMS", "OTHER_ARMS", "SUM_ARMS", "DC_ARMS", "CLAIMS", "TINY", "Config",
     "default_config", "load_data", "arm_loss", "run", "merge_records", "labels_from_masks", "window_ct",
     "phantom_data", "openkbp_data", "openkbp_slices", "AUGMENTATION", "mirror_classes", "augment", "hard_dice", "predict_labels", "case_metrics", "organ_mean", "tables",
-    "plot_case", "plot_learning_curves", "plot_predictions", "plot_ablation", "gradient_map",
+    "plot_case", "learning_curves", "plot_learning_curves", "dc_ablation", "plot_predictions", "plot_ablation", "gradient_map",
 ]
 
 #: PDDCA's nine organs (the set of Chen et al. 2023's public head-and-neck data), drawn in the 2D
@@ -94,7 +94,7 @@ _PDDCA = PAPER["PDDCA mean DSC"]
 
 # --------------------------------------------------------------------------- arms: name -> loss object
 def _baseline(cfg):
-    return _overlap.DiceCELoss(cfg.lam)
+    return _overlap.DiceCELoss(cfg.lam, batch=cfg.batch_dice)
 
 
 def _rs(cfg, grid=None, reduction=None):
@@ -196,7 +196,9 @@ class Config:
     ``epochs`` epochs, stopped after ``early_stopping`` epochs without
     improvement (``None``: never), the weights with the lowest validation loss
     restored; ``augment``: the paper's random flips, shifts and zooms of the
-    training images (:data:`AUGMENTATION`). ``early_epoch``: the epoch whose weights give ``dsc_early``; ``dsc_auc``
+    training images (:data:`AUGMENTATION`); ``batch_dice``: the baseline's Dice sums
+    run over the whole batch of slices, classes absent from it skipped (the 2D
+    stand-in for the paper's whole-volume Dice, see :func:`rtlearn.losses.dice_ce_loss`). ``early_epoch``: the epoch whose weights give ``dsc_early``; ``dsc_auc``
     averages the test DSC of the weights after epochs ``1 .. early_epoch``.
     """
 
@@ -232,6 +234,7 @@ class Config:
     z_margin: int = 2
     root: str | None = None
     augment: bool = True
+    batch_dice: bool = False
     device: str | None = None
 
     def __post_init__(self):
@@ -894,10 +897,10 @@ def tables(study, *which, arms=None, claims=CLAIMS) -> Markdown:
     Every number is the mean over test cases, then the mean ± sd over seeds (one
     seed: the mean only). ``arms`` restricts the first two tables.
     """
-    which = which or ("organs", "metrics", "claims")
-    bad = [w for w in which if w not in ("organs", "metrics", "claims")]
+    which = which or ("organs", "hd95", "metrics", "claims")
+    bad = [w for w in which if w not in ("organs", "hd95", "metrics", "claims")]
     if bad:
-        raise ValueError(f"unknown table(s) {bad}; choose among 'organs', 'metrics', 'claims'")
+        raise ValueError(f"unknown table(s) {bad}; choose among 'organs', 'hd95', 'metrics', 'claims'")
     arms = list(study.arms if arms is None else arms)
     missing = [a for a in arms if a not in study.arms]
     if missing:
@@ -915,6 +918,11 @@ def tables(study, *which, arms=None, claims=CLAIMS) -> Markdown:
             rows.append(row)
         parts.append(f"**Test DSC per organ and organ-averaged ({spread}); the paper's organ-averaged DSC**\n\n"
                      + markdown_table(["loss", *organs, "mean DSC", "paper PDDCA", "paper in-house"], rows))
+    if "hd95" in which:
+        rows = [[a] + [_cell(*_over_seeds(study, f"hd95_{o}", a), digits=1) for o in organs]
+                + [_cell(*_over_seeds(study, "hd95", a), digits=1)] for a in arms]
+        parts.append(f"**Test HD95 (mm) per organ and organ-averaged ({spread}; organs present but not predicted "
+                     "are left out)**\n\n" + markdown_table(["loss", *organs, "mean HD95"], rows))
     if "metrics" in which:
         early = study.config["early_epoch"]
         rows = []
@@ -923,10 +931,13 @@ def tables(study, *which, arms=None, claims=CLAIMS) -> Markdown:
             row += [_cell(*_over_seeds(study, k, a), digits=2) for k in ("hd95", "asd")]
             row += [_cell(*_over_seeds(study, "missed", a, np.nansum), digits=1),
                     _cell(*_over_seeds(study, "dsc_early", a))]
+            if "dsc_auc" in study.metric_names:
+                row += [_cell(*_over_seeds(study, "dsc_auc", a))]
             rows.append(row)
+        head = ["loss", "DSC", "recall", "precision", "HD95 (mm)", "ASD (mm)", "missed", f"DSC after {early} epochs",
+                f"mean DSC over epochs 1-{early}"]
         parts.append(f"**Organ-averaged test metrics ({spread}; missed: organ-cases in all)**\n\n"
-                     + markdown_table(["loss", "DSC", "recall", "precision", "HD95 (mm)", "ASD (mm)", "missed",
-                                       f"DSC after {early} epochs"], rows))
+                     + markdown_table(head[:len(rows[0])], rows))
     if "claims" in which:
         usable = [c for c in claims if c.a in study.arms and c.b in study.arms]
         if usable:
@@ -943,29 +954,39 @@ def _fmt(v):
 
 
 # --------------------------------------------------------------------------- figures
+def _case_slice(part, index, preds=()):
+    """CT, labels (ground truth, then each of ``preds``) and in-plane spacing of the slice of test case ``index``
+    with most organ voxels (a 2D case is its own slice; a 3D volume or a patient's slices are searched)."""
+    if "groups" in part:
+        a, b = part["groups"][index]
+        ct = part["image"][a:b, 0].numpy()
+        labs = [part["label"][a:b].numpy()] + [np.asarray(p)[a:b] for p in preds]
+        sp = np.asarray(part["spacing"][a], float)
+    else:
+        ct = part["image"][index, 0].numpy()
+        labs = [part["label"][index].numpy()] + [np.asarray(p)[index] for p in preds]
+        sp = np.asarray(part["spacing"][index], float)
+    if ct.ndim == 3:
+        z = int((labs[0] > 0).sum((1, 2)).argmax())
+        ct, labs = ct[z], [lb[z] for lb in labs]
+        sp = sp[-2:]
+    return ct, labs, sp
+
+
 def plot_case(data, index: int = 0, ax=None):
-    """A test case: windowed CT and organ contours (for 3D data, the axial slice with most organ voxels)."""
+    """A test case: windowed CT and organ contours in mm (3D data or a patient's slices: the slice with most organ voxels)."""
     import matplotlib.pyplot as plt
 
     from .. import plotting
 
     organs = data["organs"]
     colors = plotting.structure_colors(organs)
-    ct = data["test"]["image"][index, 0].numpy()
-    lab = data["test"]["label"][index].numpy()
-    sp = data["test"]["spacing"][index]
-    if ct.ndim == 3:
-        z = int((lab > 0).sum((1, 2)).argmax())
-        ct, lab, sp = ct[z], lab[z], sp[1:]
+    ct, (lab,), sp = _case_slice(data["test"], index)
     if ax is None:
         _, ax = plt.subplots(figsize=(4.8, 4.2))
-    ext = (0, ct.shape[1] * sp[1], ct.shape[0] * sp[0], 0)
-    im = ax.imshow(ct, cmap="gray", extent=ext, vmin=-1, vmax=1)
+    im = ax.imshow(ct, cmap="gray", extent=plotting.image_extent(ct.shape, sp), vmin=-1, vmax=1)
     for k, o in enumerate(organs):
-        if (lab == k + 1).any():
-            ax.contour(lab == k + 1, levels=[0.5], colors=[colors[o]], linewidths=1.2,
-                       extent=(ext[0], ext[1], ext[3], ext[2]), origin="upper")
-            ax.plot([], [], color=colors[o], label=o)
+        plotting.draw_contour(ax, lab == k + 1, sp, color=colors[o], linewidth=1.2, label=o)
     ax.legend(loc="lower right", fontsize=7)
     ax.set(title="A test case: windowed CT and organs", xlabel="x (mm)", ylabel="y (mm)")
     ax.grid(False)
@@ -973,29 +994,57 @@ def plot_case(data, index: int = 0, ax=None):
     return ax.figure
 
 
-def plot_learning_curves(study, arms=None, ax=None):
-    """Validation DSC per epoch (the paper's Figs. 3-4): mean over seeds, the early-epoch snapshot marked."""
+def learning_curves(study, arm, key: str = "val_dsc") -> np.ndarray:
+    """``seeds x epochs`` array of a history entry (default the validation DSC); NaN after a run stopped."""
+    curves = [[r[key] for r in h] for h in study.histories(arm)]
+    grid = np.full((len(curves), max(len(c) for c in curves)), np.nan)
+    for i, c in enumerate(curves):
+        grid[i, :len(c)] = c
+    return grid
+
+
+def plot_learning_curves(study, arms=None, ax=None, band: bool = True):
+    """Validation DSC per epoch (the paper's Figs. 3-4): mean over seeds, a band from the lowest to the highest
+    seed (``band``), the end of the learning-speed window (``early_epoch``) marked."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6.4, 3.6))
     for arm in arms or study.arms:
-        curves = [[r["val_dsc"] for r in h] for h in study.histories(arm)]
-        n = max(len(c) for c in curves)
-        grid = np.full((len(curves), n), np.nan)
-        for i, c in enumerate(curves):
-            grid[i, :len(c)] = c
-        mean = np.nanmean(grid, 0)  # every column has a value: column j exists because some run reached it
-        main = arm.startswith("Baseline")
-        ax.plot(np.arange(1, n + 1), mean, label=arm, lw=2 if main else 1, ls="-" if main else ":")
+        grid = learning_curves(study, arm)
+        epochs = np.arange(1, grid.shape[1] + 1)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(grid, 0)  # column j exists because some run reached epoch j + 1
+        main = arm in ("Baseline", "Baseline+RS", "Baseline+ARS")
+        (line,) = ax.plot(epochs, mean, label=arm, lw=2 if main else 1, ls="-" if main else ":")
+        if band and grid.shape[0] > 1:
+            ax.fill_between(epochs, np.nanmin(grid, 0), np.nanmax(grid, 0), color=line.get_color(), alpha=0.15,
+                            lw=0)
     early = study.config["early_epoch"]
-    ax.axvline(early, color="0.5", lw=0.8, ls="--")
-    ax.text(early, 0.02, f" epoch {early}", color="0.4", fontsize=8)
+    ax.axvspan(0.5, early + 0.5, color="0.9", zorder=0)
+    ax.text(early + 0.6, 0.03, f"epochs 1-{early}: dsc_early, dsc_auc", color="0.4", fontsize=8)
     seeds = len(study.seeds)
+    what = f" (mean over {seeds} seeds" + (", band: lowest to highest)" if band else ")") if seeds > 1 else ""
     ax.set(xlabel="epoch", ylabel="validation DSC (organ mean)", ylim=(0, 1),
-           title="Validation DSC during training" + (f" (mean over {seeds} seeds)" if seeds > 1 else ""))
-    ax.legend()
+           title="Validation DSC during training" + what)
+    ax.legend(fontsize=8)
     return ax.figure
+
+
+def dc_ablation(study, main: str = "Baseline+RS") -> tuple:
+    """The division-coefficient ablation of a study with :data:`DC_ARMS`: ``(dcs, arms, per-case DSC)``.
+
+    The per-case DSC of each arm is averaged over seeds; ``main`` is B + RS at the study's ``grid``.
+    """
+    arms = {int(a.split("DC ")[1].rstrip(")")): a for a in DC_ARMS if a in study.arms}
+    if main in study.arms:
+        arms[int(study.config["grid"])] = main
+    if len(arms) < 2:
+        raise ValueError(f"the study has fewer than two division coefficients (arms {study.arms})")
+    dcs = sorted(arms)
+    with np.errstate(all="ignore"):
+        dsc = [np.nanmean(study.metric("dsc", arms[d]), 0) for d in dcs]
+    return dcs, [arms[d] for d in dcs], dsc
 
 
 def plot_predictions(data, study, pred, arms=("Baseline", "Baseline+RS", "Baseline+ARS"), seed=None):
@@ -1019,13 +1068,8 @@ def plot_predictions(data, study, pred, arms=("Baseline", "Baseline+RS", "Baseli
     cols = ["ground truth", *arms]
     fig, axes = plt.subplots(len(show), len(cols), figsize=(2.5 * len(cols), 2.6 * len(show)), squeeze=False)
     for row, i in zip(axes, show):
-        img = data["test"]["image"][i, 0].numpy()
-        labs = [data["test"]["label"][i].numpy()] + [pred[k][i] for k in arms]
-        sp = data["test"]["spacing"][i]
-        if img.ndim == 3:
-            z = int((labs[0] > 0).sum((1, 2)).argmax())
-            img, labs, sp = img[z], [lb[z] for lb in labs], sp[1:]
-        ext = (0, img.shape[1] * sp[1], img.shape[0] * sp[0], 0)
+        img, labs, sp = _case_slice(data["test"], i, [pred[k] for k in arms])
+        ext = plotting.image_extent(img.shape, sp)
         for ax, name, lb in zip(row, cols, labs):
             ax.imshow(img, cmap="gray", vmin=-1, vmax=1, extent=ext)
             ax.imshow(lb, cmap=cmap, vmin=0, vmax=len(organs), alpha=0.6, interpolation="nearest", extent=ext)

@@ -115,8 +115,13 @@ def cross_entropy_loss(pred, target, *, softmax: bool = False, eps: float = 1e-7
     return _ce_from(pred, g, softmax, eps, reduction)
 
 
+def _as_one_volume(p: torch.Tensor) -> torch.Tensor:
+    """``B x C x spatial`` -> ``1 x C x (B * voxels)``: the batch's elements as one volume."""
+    return p.transpose(0, 1).reshape(1, p.shape[1], -1)
+
+
 def dice_ce_loss(pred, target, lam: float = 1.0, *, softmax: bool = False, include_background: bool = True,
-                 eps: float = 1e-7, reduction: str = "mean", validate: bool = True):
+                 eps: float = 1e-7, reduction: str = "mean", batch: bool = False, validate: bool = True):
     """Baseline loss of Chen et al. 2023, Eq. (9): Dice + lambda * cross-entropy.
 
     .. math:: L_{Baseline} = L_{Dice} + \\lambda L_{CE}
@@ -124,15 +129,26 @@ def dice_ce_loss(pred, target, lam: float = 1.0, *, softmax: bool = False, inclu
     ``reduction`` applies to the Dice term over (batch, class) and to the CE term
     over the batch; ``reduction="sum"`` sums the Dice losses over classes as Eq. (9)
     writes. ``include_background`` only affects the Dice term.
+
+    ``batch=True`` takes the Dice sums over the whole batch, as if its elements were
+    one volume, and skips the classes absent from the whole batch: the 2D form of the
+    paper's whole-volume Dice for a batch of slices. Per slice (the default), an organ
+    absent from a slice has a Dice loss of ~1 unless its predicted probability is
+    exactly 0 there, which on slices that mostly miss the organs rewards predicting
+    nothing.
     """
     eps = check_eps(eps)
     lam = check_nonnegative_number(lam, "lam")
     if reduction == "none":
         raise ValueError('dice_ce_loss supports reduction "mean" or "sum"')
+    if not isinstance(batch, bool):
+        raise ValueError(f"batch must be True or False, got {batch!r}")
     p, g = prepare(pred, target, softmax, True, require_simplex=True, validate=validate)
     pd, gd = (p, g) if include_background else (p[:, 1:], g[:, 1:])
-    L, _ = dice_terms(pd, gd, _ones(p.dim() - 2), eps)
-    d = reduce_losses(L, None, "sum", reduction)
+    if batch:
+        pd, gd = _as_one_volume(pd), _as_one_volume(gd)
+    L, present = dice_terms(pd, gd, _ones(pd.dim() - 2), eps)
+    d = reduce_losses(L, present if batch else None, "sum", reduction)
     return d + lam * _ce_from(pred, g, softmax, eps, reduction)
 
 

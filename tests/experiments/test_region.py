@@ -331,3 +331,139 @@ def test_augmented_pairs_are_seeded_and_the_same_for_every_arm():
     assert all(torch.equal(x, y) for x, y in zip(ia, ib))
     assert not all(torch.equal(x, y) for x, y in zip(ia, ic))
     assert a[0]["input"].shape == (1, 32, 48) and a[0]["target"].dtype == torch.long
+
+
+# --------------------------------------------------------------------------- the OpenKBP study's path
+def test_sum_and_dc_arms_are_eq4_summed_and_fixed_grids():
+    p, y = _probs()
+    cfg = R.default_config("quick", grid=4)
+    base = D.dice_ce_loss(p, y)
+    for arm, fn in (("Baseline+RS (sum)", RS.region_specific_loss), ("Baseline+ARS (sum)", RS.adaptive_region_specific_loss)):
+        ref = base + fn(p, y, 4, region_reduction="sum")
+        assert torch.allclose(R.arm_loss(arm, cfg)(p, y), ref, atol=1e-6), arm
+        mean = R.arm_loss(arm.replace(" (sum)", ""), cfg)(p, y) - base
+        assert (R.arm_loss(arm, cfg)(p, y) - base) > 1.5 * mean        # the sum over the 16 blocks is larger
+    for dc in (1, 2):                                                  # the arm's DC, whatever cfg.grid says
+        got = R.arm_loss(f"Baseline+RS (DC {dc})", cfg)(p, y)
+        assert torch.allclose(got, R.arm_loss("Baseline+RS", R.default_config("quick", grid=dc))(p, y), atol=1e-7)
+
+
+def test_grouped_test_metrics_score_each_patient_volume():
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 3, (7, 12, 12)).astype(np.uint8)
+    pred = lab.copy()
+    pred[5:] = 0                                                   # the second patient's last two slices missed
+    test = {"label": torch.from_numpy(lab), "groups": [(0, 3), (3, 7)],
+            "volume_spacing": np.array([[2.5, 3.9, 3.9], [3.0, 4.7, 4.7]])}
+    got = R._test_metrics(pred, test, ("a", "b"))
+    for i, (a, b) in enumerate(test["groups"]):
+        one = R.case_metrics(pred[None, a:b], lab[None, a:b], ("a", "b"), test["volume_spacing"][i])
+        for k in ("dsc", "hd95", "recall"):
+            np.testing.assert_array_equal(got[k][i], one[k][0])
+    assert got["dsc"].shape == (2, 2) and np.all(got["dsc"][0] == 1) and np.all(got["dsc"][1] < 1)
+
+
+def test_openkbp_slices_on_real_patients(shared_data):
+    from rtlearn.data import openkbp as ok
+    from rtlearn.data.openkbp.format import to_zyx
+
+    root = shared_data / "openkbp"
+    if not all((root / s).is_dir() for s in ("train", "validation", "test")):
+        pytest.skip("packed OpenKBP copy absent")
+    d = R.openkbp_slices(2, 1, 2, root=root, crop=48, slice_step=3, z_margin=1, progress=False)
+    assert d["organs"] == R.ORGANS_OPENKBP_2D and d["dims"] == 2
+    tr, te = d["train"], d["test"]
+    assert tr["image"].shape[1:] == (1, 48, 48) and tr["label"].dtype == torch.uint8
+    assert len(tr["patients"]) == 2 and len(set(tr["cases"])) == 2 and tr["spacing"].shape == (len(tr["cases"]), 2)
+    assert te["cases"] == te["patients"] and len(te["groups"]) == 2 and te["groups"][-1][1] == te["image"].shape[0]
+    assert all(p not in tr["patients"] for p in d["skipped_incomplete"] + d["skipped_no_ct"])
+    # a training patient has every organ contoured; its slices are every 3rd of the organs' span +- 1 slice,
+    # cropped around the body; a test patient keeps every slice of that span
+    for part, split, step in ((tr, "train", 3), (te, "test", 1)):
+        pid = part["patients"][0]
+        src = ok.load_patient(pid, split, root)
+        masks = np.stack([to_zyx(src[o]) if o in src else np.zeros((128,) * 3, bool) for o in R.ORGANS_OPENKBP_2D])
+        z = np.flatnonzero(masks.any((0, 2, 3)))
+        zs = np.arange(max(z[0] - 1, 0), min(z[-1] + 2, 128), step)
+        n = len(zs)
+        lab = part["label"][:n].numpy()
+        ct = R.window_ct(to_zyx(src["ct"]).astype(np.float32) - 1024.0, (-200, 400))[zs]
+        # find the crop by matching the first slice's CT
+        img = part["image"][:n, 0].numpy()
+        hits = [(y, x) for y in range(0, 81) for x in range(0, 81) if np.array_equal(ct[:, y:y + 48, x:x + 48], img)]
+        assert len(hits) >= 1
+        y0, x0 = hits[0]
+        np.testing.assert_array_equal(lab, R.labels_from_masks(masks[:, zs, y0:y0 + 48, x0:x0 + 48]))
+        if split == "train":
+            assert all(o in src for o in R.ORGANS_OPENKBP_2D)
+    assert 0.8 < d["crop_kept"]["train"] <= 1.0                      # 48² here; the study keeps 99.5 % at 64²
+    with pytest.raises(ValueError, match="crop"):
+        R.openkbp_slices(1, 1, 1, root=root, crop=129, progress=False)
+
+
+def test_region_openkbp_config_and_claims():
+    from rtlearn.experiments import region_openkbp as RO
+
+    s = RO.default_config("study")
+    assert (s.source, s.dims, s.organs, s.crop, s.augment) == ("openkbp", 2, R.ORGANS_OPENKBP_2D, 64, True)
+    assert s.arms[:3] == ("Baseline", "Baseline+RS", "Baseline+ARS") and set(R.DC_ARMS) <= set(s.arms)
+    assert s.n_train is None and s.slice_step > 1 and s.early_stopping is not None
+    assert RO.default_config("full").width > s.width
+    with pytest.raises(ValueError, match="OpenKBP"):
+        RO.default_config("study", source="phantom")
+    for c in RO.CLAIMS + RO.DC_CLAIMS:
+        assert c.a in s.arms and c.b in s.arms
+
+
+def _fake_region_study(arms, seeds=(0, 1), n=6, grid=16):
+    from rtlearn.study import from_runs
+
+    cfg = R.default_config("study", **{**R.TINY, "arms": tuple(arms), "grid": grid})
+    runs = {}
+    for s in seeds:
+        rng = np.random.default_rng(s)
+        metrics = {a: {k: list(rng.uniform(0.3, 0.9, n)) for k in
+                       ["dsc", "recall", "precision", "hd95", "asd", "missed", "dsc_early", "dsc_auc",
+                        *(f"{m}_{o}" for o in cfg.organs for m in ("dsc", "hd95"))]} for a in arms}
+        history = {a: [{"epoch": e + 1, "val_dsc": float(rng.uniform(0, 1)), "val_loss": 1.0, "train_loss": 1.0}
+                       for e in range(3 + s)] for a in arms}
+        runs[s] = {"cases": list(range(n)), "metrics": metrics, "history": history,
+                   "seconds": {a: 1.0 for a in arms}}
+    return from_runs("region", "study", cfg, runs)
+
+
+def test_dc_ablation_and_learning_curves_from_a_study():
+    st = _fake_region_study(["Baseline", "Baseline+RS", *R.DC_ARMS], grid=16)
+    dcs, arms, dsc = R.dc_ablation(st)
+    assert dcs == [1, 2, 4, 8, 16] and arms[-1] == "Baseline+RS" and arms[0] == "Baseline+RS (DC 1)"
+    np.testing.assert_allclose(dsc[0], st.metric("dsc", "Baseline+RS (DC 1)").mean(0))
+    curves = R.learning_curves(st, "Baseline")
+    assert curves.shape == (2, 4) and np.isnan(curves[0, 3]) and np.isfinite(curves[1]).all()
+    assert curves[1, 0] == st.histories("Baseline")[1][0]["val_dsc"]
+    with pytest.raises(ValueError, match="division"):
+        R.dc_ablation(_fake_region_study(["Baseline"]))
+    md = R.tables(st, "hd95", "metrics")
+    assert "HD95 (mm) per organ" in md and "mean DSC over epochs 1-" in md
+
+
+def test_figures_draw_contours_on_the_organs():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = R.phantom_data(2, 1, 2, shape=(32, 32), spacing=8.0, progress=False)
+    fig = R.plot_case(data, 0)
+    ax = fig.axes[0]
+    lab = data["test"]["label"][0].numpy()
+    xs = np.concatenate([seg[:, 0] for c in ax.collections for segs in getattr(c, "allsegs", []) for seg in segs])
+    ys = np.concatenate([seg[:, 1] for c in ax.collections for segs in getattr(c, "allsegs", []) for seg in segs])
+    rows, cols = np.nonzero(lab > 0)
+    # the outlines lie inside the organs' bounding box in mm (y down, row 0 at the top): not mirrored
+    assert ys.min() >= rows.min() * 8.0 - 1e-6 and ys.max() <= (rows.max() + 1) * 8.0 + 1e-6
+    assert xs.min() >= cols.min() * 8.0 - 1e-6 and xs.max() <= (cols.max() + 1) * 8.0 + 1e-6
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]                       # y axis pointing down, like the image
+    plt.close("all")
+    st = _fake_region_study(["Baseline", "Baseline+RS"])
+    R.plot_learning_curves(st)
+    plt.close("all")

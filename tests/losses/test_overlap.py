@@ -342,3 +342,30 @@ def test_sum_of_losses_is_the_weighted_sum_of_its_terms():
         SumOfLosses(DiceLoss(), weights=(-1.0,))
     with pytest.raises(TypeError, match="callable"):
         SumOfLosses(DiceLoss(), 3)
+
+
+def test_batch_dice_ce_is_monai_batch_dice_plus_ce_and_skips_classes_absent_from_the_batch():
+    gen = torch.Generator().manual_seed(3)
+    p = torch.randn(3, 4, 6, 5, generator=gen, dtype=torch.float64).softmax(1).requires_grad_(True)
+    y = torch.randint(0, 4, (3, 6, 5), generator=gen)
+    y[:, 0, 0] = torch.tensor([0, 1, 2])
+    y[0, 1, 1] = 3                                          # every class present in the batch
+    ce = cross_entropy_loss(p, y)
+    monai = MonaiDice(squared_pred=True, smooth_nr=EPS, smooth_dr=EPS, batch=True, to_onehot_y=True)
+    ref = monai(p, y[:, None]) + ce
+    torch.testing.assert_close(dice_ce_loss(p, y, batch=True), ref)
+    (ga,) = torch.autograd.grad(dice_ce_loss(p, y, batch=True), p)
+    (gb,) = torch.autograd.grad(ref, p)
+    torch.testing.assert_close(ga, gb)
+    # class 3 absent from every slice: its term is skipped, by brute force over the other classes
+    y2 = torch.where(y == 3, 0, y)
+    g = torch.nn.functional.one_hot(y2, 4).permute(0, 3, 1, 2).double()
+    terms = [1 - (2 * (p[:, c] * g[:, c]).sum() + EPS) / ((p[:, c] ** 2).sum() + (g[:, c] ** 2).sum() + EPS)
+             for c in range(3)]
+    torch.testing.assert_close(dice_ce_loss(p, y2, batch=True), sum(terms) / 3 + cross_entropy_loss(p, y2))
+    # per slice (the default) an absent class costs ~1 unless predicted exactly 0
+    per_slice = dice_ce_loss(p, y2)
+    assert per_slice > dice_ce_loss(p, y2, batch=True)
+    assert DiceCELoss(1.0, batch=True)(p, y2) == dice_ce_loss(p, y2, batch=True)
+    with pytest.raises(ValueError, match="batch"):
+        dice_ce_loss(p, y, batch="yes")
