@@ -413,6 +413,9 @@ def test_region_openkbp_config_and_claims():
         RO.default_config("study", source="phantom")
     for c in RO.CLAIMS + RO.DC_CLAIMS:
         assert c.a in s.arms and c.b in s.arms
+    phantom = R.default_config("study").arms
+    for c in R.SUM_CLAIMS:
+        assert c.a in phantom and c.b in phantom and c.metric in ("dsc", "dsc_auc")
 
 
 def _fake_region_study(arms, seeds=(0, 1), n=6, grid=16):
