@@ -316,8 +316,8 @@ def default_config(profile: str | None = None, **overrides) -> Config:
       U-Net of width 8, 40 epochs, batch 4, the five arms CE, Dice, Baseline,
       Baseline + RS, Baseline + ARS.
     * ``study`` (recorded by ``python -m rtlearn.study region --profile study
-      --seeds 0-1``; 22 min per seed on one thread of a 2-core CPU shared with
-      three other studies): the paper's three arms Baseline, Baseline + RS and
+      --seeds 0-2``; 22-25 min per seed on one thread of a 2-core CPU shared
+      with three other studies): the paper's three arms Baseline, Baseline + RS and
       Baseline + ARS, and B + RS and B + ARS with Eq. (4)'s sum over the blocks
       (:data:`SUM_ARMS`), on 160 / 24 / 40 slices of the same kind (the same nine
       organs, no added noise), at most 100
