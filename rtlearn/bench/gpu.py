@@ -202,6 +202,32 @@ def _region(dry: bool) -> Workload:
                     note=f"OpenKBP CT 128³, {n_classes} classes")
 
 
+#: Usable patients of the 2D OpenKBP segmentation study (all five organs contoured, a CT) in the prepared copy,
+#: and the mean number of slices over each patient's organs (measured by ``openkbp_slices``)
+_SEG_OPENKBP = {"train": 99, "validation": 16, "slices_per_patient": 93}
+
+
+def _region_openkbp(dry: bool) -> Workload:
+    from ..experiments import region, region_openkbp
+
+    cfg = region_openkbp.default_config("full", **(dict(width=4, depth=2, crop=16) if dry else {}))
+    shape, b = (cfg.crop, cfg.crop), cfg.batch_size
+    n_classes = len(cfg.organs) + 1
+    arm = "Baseline+ARS"                     # the most expensive loss of the study
+    loss = region.arm_loss(arm, cfg)
+    per_patient = math.ceil(_SEG_OPENKBP["slices_per_patient"] / cfg.slice_step)
+
+    def batch(g):
+        return {"input": _rand(g, b, 1, *shape, low=-1.0), "target": torch.randint(0, n_classes, (b, *shape),
+                                                                                   generator=g)}
+
+    return Workload("region_openkbp", f"U-Net (softmax) + {arm}, batch Dice", region._model(cfg, n_classes, 2),
+                    lambda p, bt: loss(p, bt["target"]), batch, b, shape, len(cfg.arms), cfg.epochs,
+                    math.ceil(_SEG_OPENKBP["train"] * per_patient / b),
+                    math.ceil(_SEG_OPENKBP["validation"] * per_patient / b),
+                    note=f"OpenKBP CT slices {cfg.crop}², {n_classes} classes")
+
+
 def _doselo_cfg(dry):
     from ..experiments import doselo
 
@@ -258,6 +284,7 @@ WORKLOADS = {
     "dvh_loss": (_dvh_loss,),
     "dvh_conditioned": (_dvh_conditioned,),
     "region": (_region,),
+    "region_openkbp": (_region_openkbp,),
     "doselo": (_doselo_predictor, _doselo),
 }
 
