@@ -237,25 +237,24 @@ def _doselo_cfg(dry):
 
 def _doselo(dry: bool) -> Workload:
     from ..experiments import doselo
-    from ..losses.dose_guided import DoseGuidedLoss
 
     cfg = _doselo_cfg(dry)
     shape, b = tuple(cfg.shape), cfg.seg_batch
     predictor = doselo.dose_predictor(cfg)
     lam = max(cfg.lambdas)
-    loss = DoseGuidedLoss(predictor, lam=lam)
+    loss = doselo.dose_term(predictor, lam)
     n_train = cfg.n_seg_cases - math.ceil(cfg.n_seg_cases / cfg.n_folds) - cfg.n_val
     n_oar = len(doselo.OAR_NAMES)
+    n_models = (len(doselo.arm_names(cfg)) - 1 + len(cfg.lambdas)) * cfg.n_folds
 
     def batch(g):
         return {"input": _rand(g, b, len(doselo.MR_NAMES), *shape), "target": _blobs(g, b, 1, shape).float(),
                 "oars": _blobs(g, b, n_oar, shape).float(), "ct": _rand(g, b, 1, *shape),
                 "dose_mask": torch.ones(b, 1, *shape), "true_dose": _rand(g, b, 1, *shape, high=60.0)}
 
-    return Workload("doselo", f"U-Net + DOSELO (λ={lam:g}, frozen predictor)", doselo.segmenter(cfg),
-                    loss, batch, b, shape, len(doselo.arm_names(cfg)) * cfg.n_folds, cfg.seg_epochs,
-                    math.ceil(n_train / b), math.ceil(cfg.n_val / b) if cfg.n_val else 0, frozen=[predictor],
-                    note=f"brain phantoms, 2D, {cfg.n_folds} folds (arms x folds runs)")
+    return Workload("doselo", f"U-Net + DOSELO-ST (λ={lam:g} Rx², frozen predictor)", doselo.segmenter(cfg),
+                    loss, batch, b, shape, n_models, doselo.seg_epochs(cfg), math.ceil(n_train / b), 0,
+                    frozen=[predictor], note=f"brain phantoms, 2D, {cfg.n_folds} folds (models x folds runs)")
 
 
 def _doselo_predictor(dry: bool) -> Workload:

@@ -283,11 +283,15 @@ def _check_threshold(threshold):
 
 
 def dose_segmentation_loss(prob, target, predictor: nn.Module, oars=None, ct=None, dose_mask=None, *,
-                           hard: bool = False, threshold: float = 0.5, true_dose=None, average: str = "image",
-                           order=DEFAULT_ORDER) -> torch.Tensor:
+                           hard: bool = False, straight_through: bool = False, threshold: float = 0.5,
+                           true_dose=None, average: str = "image", order=DEFAULT_ORDER,
+                           dose_scale: float = 1.0) -> torch.Tensor:
     r"""The dose-segmentation loss :math:`L_{DSL}`, Eqs. (1)-(3) of Rüfenacht et al. 2023.
 
-    .. math:: L_{DSL} = \frac{1}{N}\sum_i \big(M_D(S_T,\dots)_i - M_D(\hat S_T,\dots)_i\big)^2
+    .. math:: L_{DSL} = \frac{1}{N}\sum_i \Big(\frac{M_D(S_T,\dots)_i - M_D(\hat S_T,\dots)_i}{s}\Big)^2
+
+    with :math:`s` = ``dose_scale`` (1: Gy², as the paper; the prescription: units of Rx², so that
+    :math:`\lambda` is comparable with the BCE and Dice terms).
 
     Parameters
     ----------
@@ -307,21 +311,32 @@ def dose_segmentation_loss(prob, target, predictor: nn.Module, oars=None, ct=Non
         and the loss has a gradient w.r.t. ``prob``. ``True``: the reference
         code's behaviour, ``prob >= threshold`` under ``no_grad``; the returned
         loss then has **no gradient** (``requires_grad`` is False).
+    straight_through : bool
+        ``True``: the predictor sees the thresholded mask ``prob >= threshold``
+        (binary, like its training data) and the gradient reaches ``prob`` as if
+        the mask were soft (:func:`straight_through`). Dimming the probabilities
+        below the threshold then empties the mask instead of fooling the
+        predictor. Not with ``hard``.
     threshold : float
-        Threshold of the hard mode.
+        Threshold of the hard and straight-through modes.
     true_dose : tensor, optional
         Precomputed :math:`D_P` (:func:`true_target_dose`); treated as a constant.
     average : {"image", "mask"}
         Mean over all voxels (Eq. 1) or over the ``dose_mask`` voxels.
     order : permutation of ``("target", "oars", "ct")``
         Channel order of the predictor's input.
+    dose_scale : float
+        Positive unit :math:`s` of the dose difference (e.g. the prescription in Gy).
 
     Returns
     -------
     torch.Tensor
-        Scalar, in the predictor's dose units squared (Gy^2).
+        Scalar, in (predictor's dose units / ``dose_scale``)^2 (Gy^2 by default).
     """
     prob = _seg(prob, "prob")
+    if hard and straight_through:
+        raise ValueError("choose one of hard=True (no gradient) and straight_through=True, not both")
+    dose_scale = _check_scale(dose_scale)
     _check_prob(prob, "prob")
     check_choice(average, "average", _AVERAGES)
     threshold = _check_threshold(threshold)
@@ -344,7 +359,8 @@ def dose_segmentation_loss(prob, target, predictor: nn.Module, oars=None, ct=Non
             _check_channels(predictor, x_hat, oars, ct)
             d_hat = predict_dose(predictor, x_hat, m)
     else:
-        x_hat = assemble_dose_input(prob.to(pdtype), oars, ct, order)
+        s_hat = _straight_through(prob, threshold) if straight_through else prob
+        x_hat = assemble_dose_input(s_hat.to(pdtype), oars, ct, order)
         _check_channels(predictor, x_hat, oars, ct)
         d_hat = predict_dose(predictor, x_hat, m)
     if tuple(d_true.shape) != tuple(d_hat.shape):
@@ -353,11 +369,17 @@ def dose_segmentation_loss(prob, target, predictor: nn.Module, oars=None, ct=Non
     if not torch.is_floating_point(d_hat):
         raise TypeError(f"the dose predictor must return a floating-point dose, got dtype {d_hat.dtype}")
     dtype = accumulation_dtype(d_true, d_hat)
-    sq = (d_true.to(dtype) - d_hat.to(dtype)) ** 2
+    sq = ((d_true.to(dtype) - d_hat.to(dtype)) / dose_scale) ** 2
     if average == "mask" and m is not None:
         n = int(m.sum()) * sq.shape[1]
         return sq.sum() / max(n, 1)
     return sq.mean()
+
+
+def _check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"dose_scale must be a finite number > 0 (e.g. the prescription in Gy), got {scale!r}")
+    return float(scale)
 
 
 def _check_lam(lam):
@@ -421,40 +443,52 @@ def bce_soft_dice_loss(pred, target, *, logits: bool = True, pos_weight=None, ba
 
 
 def dose_guided_loss(pred, target, predictor: nn.Module, oars=None, ct=None, dose_mask=None, *, lam: float = 1.0,
-                     logits: bool = True, pos_weight=None, hard: bool = False, threshold: float = 0.5,
-                     true_dose=None, average: str = "image", order=DEFAULT_ORDER, return_terms: bool = False):
+                     logits: bool = True, pos_weight=None, dice: bool = False, hard: bool = False,
+                     straight_through: bool = False, threshold: float = 0.5, true_dose=None, average: str = "image",
+                     order=DEFAULT_ORDER, dose_scale: float = 1.0, return_terms: bool = False):
     r"""DOSELO's total loss, Eq. (4) of Rüfenacht et al. 2023: :math:`L_{total} = L_{BCE} + \lambda L_{DSL}`.
+
+    With ``dice=True`` the segmentation term is BCE + SoftDice (the paper's
+    baseline), so that a comparison with :func:`bce_soft_dice_loss` differs in
+    the dose term alone: :math:`L = L_{BCE} + L_{SoftDice} + \lambda L_{DSL}`.
 
     Parameters
     ----------
     pred : tensor ``B x 1 x spatial``
         Segmentation output: logits (``logits=True``, default) or probabilities.
-    target, predictor, oars, ct, dose_mask, hard, threshold, true_dose, average, order
+    target, predictor, oars, ct, dose_mask, hard, straight_through, threshold, true_dose, average, order, dose_scale
         As in :func:`dose_segmentation_loss`.
     lam : float
         :math:`\lambda \ge 0` (the paper uses 1); 0 gives BCE alone and skips the predictor.
     pos_weight : float, optional
         Foreground weight of the BCE (the reference code uses 2).
+    dice : bool
+        Add the batch soft Dice loss (:func:`soft_dice_loss`) to the BCE.
     return_terms : bool
-        Also return ``{"bce": tensor, "dsl": tensor}``.
+        Also return ``{"bce": tensor, "dice": tensor, "dsl": tensor}`` (``dice`` is 0 without ``dice=True``).
 
     Raises
     ------
     ValueError
-        ``lam < 0``; a predictor not frozen or whose input channels differ from
+        ``lam < 0``; ``hard`` and ``straight_through`` together; a predictor not frozen or whose input channels differ from
         ``1 + K + (CT)``; masks whose shape differs from ``pred``.
     """
     lam = _check_lam(lam)
     pred = _seg(pred, "pred")
+    if hard and straight_through:
+        raise ValueError("choose one of hard=True (no gradient) and straight_through=True, not both")
+    _check_scale(dose_scale)
     bce = binary_cross_entropy(pred, target, logits=logits, pos_weight=pos_weight)
+    prob = torch.sigmoid(_up(pred)) if logits else pred
+    sd = soft_dice_loss(prob, target) if dice else torch.zeros((), dtype=bce.dtype, device=pred.device)
     if lam == 0:
         dsl = torch.zeros((), dtype=bce.dtype, device=pred.device)
     else:
-        prob = torch.sigmoid(_up(pred)) if logits else pred
-        dsl = dose_segmentation_loss(prob, target, predictor, oars, ct, dose_mask, hard=hard, threshold=threshold,
-                                     true_dose=true_dose, average=average, order=order)
-    total = bce + lam * dsl
-    return (total, {"bce": bce, "dsl": dsl}) if return_terms else total
+        dsl = dose_segmentation_loss(prob, target, predictor, oars, ct, dose_mask, hard=hard,
+                                     straight_through=straight_through, threshold=threshold, true_dose=true_dose,
+                                     average=average, order=order, dose_scale=dose_scale)
+    total = bce + sd + lam * dsl
+    return (total, {"bce": bce, "dice": sd, "dsl": dsl}) if return_terms else total
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -474,7 +508,7 @@ class DoseGuidedLoss(nn.Module):
     predictor : nn.Module
         The dose predictor :math:`M_D`; frozen here (``freeze_predictor=True``)
         and kept in eval mode even when this module is put in training mode.
-    lam, logits, pos_weight, hard, threshold, average, order
+    lam, logits, pos_weight, dice, hard, straight_through, threshold, average, order, dose_scale
         As in :func:`dose_guided_loss`.
     keys : dict, optional
         Batch keys for ``target``, ``oars``, ``ct``, ``dose_mask`` and
@@ -492,11 +526,16 @@ class DoseGuidedLoss(nn.Module):
     """
 
     def __init__(self, predictor: nn.Module, lam: float = 1.0, *, logits: bool = True, pos_weight=None,
-                 hard: bool = False, threshold: float = 0.5, average: str = "image", order=DEFAULT_ORDER,
-                 keys: dict | None = None, cache_size: int = 1, freeze_predictor: bool = True):
+                 dice: bool = False, hard: bool = False, straight_through: bool = False, threshold: float = 0.5,
+                 average: str = "image", order=DEFAULT_ORDER, dose_scale: float = 1.0, keys: dict | None = None,
+                 cache_size: int = 1, freeze_predictor: bool = True):
         super().__init__()
         self.lam = _check_lam(lam)
         self.threshold = _check_threshold(threshold)
+        if hard and straight_through:
+            raise ValueError("choose one of hard=True (no gradient) and straight_through=True, not both")
+        self.dice, self.straight_through = bool(dice), bool(straight_through)
+        self.dose_scale = _check_scale(dose_scale)
         check_choice(average, "average", _AVERAGES)
         self.order = _check_order(order)
         if isinstance(cache_size, bool) or not isinstance(cache_size, numbers.Integral) or cache_size < 0:
@@ -514,7 +553,9 @@ class DoseGuidedLoss(nn.Module):
         self.last_terms: dict = {}
 
     def extra_repr(self) -> str:
-        return f"lam={self.lam:g}, hard={self.hard}, average={self.average!r}"
+        mode = "hard" if self.hard else "straight-through" if self.straight_through else "soft"
+        return (f"lam={self.lam:g}, mode={mode!r}, dice={self.dice}, dose_scale={self.dose_scale:g}, "
+                f"average={self.average!r}")
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -547,11 +588,11 @@ class DoseGuidedLoss(nn.Module):
             _seg(pred, "pred")
             true_dose = self._true_dose(_target(target, pred), oars, ct, dose_mask)
         total, terms = dose_guided_loss(pred, target, self.predictor, oars, ct, dose_mask, lam=self.lam,
-                                        logits=self.logits, pos_weight=self.pos_weight, hard=self.hard,
+                                        logits=self.logits, pos_weight=self.pos_weight, dice=self.dice,
+                                        hard=self.hard, straight_through=self.straight_through,
                                         threshold=self.threshold, true_dose=true_dose, average=self.average,
-                                        order=self.order, return_terms=True)
-        self.last_terms = {"bce": float(terms["bce"].detach()), "dsl": float(terms["dsl"].detach()),
-                           "total": float(total.detach())}
+                                        order=self.order, dose_scale=self.dose_scale, return_terms=True)
+        self.last_terms = {**{k: float(v.detach()) for k, v in terms.items()}, "total": float(total.detach())}
         return total
 
 
@@ -595,6 +636,11 @@ class BCESoftDiceLoss(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # beyond the paper: a straight-through mask, and a physical dose surrogate instead of M_D
 # ---------------------------------------------------------------------------------------------------------------
+def _straight_through(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    hard = (prob >= threshold).to(prob.dtype)
+    return hard + prob - prob.detach()
+
+
 def straight_through(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     r"""Binary mask in the forward pass, identity gradient in the backward pass.
 
@@ -602,19 +648,23 @@ def straight_through(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
     :math:`\tilde S` equals the thresholded mask while :math:`\partial \tilde S/\partial p = 1`
     (the straight-through estimator of Bengio et al. 2013).
     """
-    hard = (prob >= threshold).to(prob.dtype)
-    return hard + prob - prob.detach()
+    check_tensor(prob, "prob")
+    return _straight_through(prob, _check_threshold(threshold))
 
 
-class StraightThroughDoseGuidedLoss(nn.Module):
-    r""":math:`L_{BCE} + \lambda L_{DSL}` with a straight-through mask (not in the paper).
+class StraightThroughDoseGuidedLoss(DoseGuidedLoss):
+    r"""DOSELO with a straight-through mask (not in the paper): :class:`DoseGuidedLoss` with ``straight_through=True``.
 
-    As :class:`DoseGuidedLoss` with soft probabilities, except that the frozen
-    predictor sees :func:`straight_through` of the probabilities: the
-    thresholded mask (binary, like the predictor's training data) in the forward
-    pass, the soft gradient in the backward pass. Call as ``loss(logits, batch)``
-    with a dict batch holding ``target``, ``oars``, ``ct``, ``dose_mask`` and
-    optionally a precomputed ``true_dose``. With ``lam == 0`` it is the BCE alone.
+    .. math:: L = L_{BCE}\,[+\,L_{SoftDice}] + \lambda\,\frac1N\sum_i
+              \Big(\frac{M_D(S_T)_i - M_D(\mathbb 1[\hat S_T \ge t])_i}{s}\Big)^2,
+
+    with the gradient of the indicator replaced by 1 (:func:`straight_through`).
+    The frozen predictor sees the thresholded mask, binary like its training
+    data, so a segmentation cannot lower the dose term by dimming its
+    probabilities (a dimmed map thresholds to an empty mask, which gets no dose).
+    Call as ``loss(logits, batch)`` with a dict batch holding ``target``,
+    ``oars``, ``ct``, ``dose_mask`` and optionally a precomputed ``true_dose``.
+    With ``lam == 0`` it is the segmentation term alone.
 
     Parameters
     ----------
@@ -623,31 +673,17 @@ class StraightThroughDoseGuidedLoss(nn.Module):
     lam : float
         Weight :math:`\lambda \ge 0` of the dose term.
     threshold : float
-        Threshold of the forward-pass mask.
+        Threshold :math:`t` of the forward-pass mask.
+    **kw
+        ``dice``, ``dose_scale``, ``pos_weight`` and the other options of :class:`DoseGuidedLoss`.
     """
 
-    def __init__(self, predictor: nn.Module, lam: float = 1.0, threshold: float = 0.5):
-        super().__init__()
-        self.predictor = freeze(predictor)
-        self.lam = _check_lam(lam)
-        self.threshold = _check_threshold(threshold)
-
-    def extra_repr(self) -> str:
-        return f"lam={self.lam:g}, threshold={self.threshold:g}"
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.predictor.eval()  # the predictor stays frozen
-        return self
-
-    def forward(self, pred, batch):
-        bce = binary_cross_entropy(pred, batch["target"])
-        if self.lam == 0:
-            return bce
-        st = straight_through(torch.sigmoid(_up(pred)), self.threshold)
-        dsl = dose_segmentation_loss(st, batch["target"], self.predictor, batch["oars"], batch["ct"],
-                                     batch["dose_mask"], true_dose=batch.get("true_dose"))
-        return bce + self.lam * dsl
+    def __init__(self, predictor: nn.Module, lam: float = 1.0, threshold: float = 0.5, **kw):
+        if kw.get("hard"):
+            raise ValueError("StraightThroughDoseGuidedLoss has no hard mode; use DoseGuidedLoss(hard=True)")
+        kw.pop("hard", None)
+        kw.pop("straight_through", None)
+        super().__init__(predictor, lam, threshold=threshold, straight_through=True, **kw)
 
 
 def surrogate_guided_loss(logits, batch: dict, surrogate: nn.Module, lam: float = 1.0) -> torch.Tensor:

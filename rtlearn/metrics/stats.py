@@ -489,12 +489,17 @@ def compare_arms(metrics, comparisons, *, statistic: str = "median", alpha: floa
 
 @dataclass(frozen=True)
 class Claim:
-    """A paper's claim, stated in a chapter module before any number is seen.
+    r"""A paper's claim, stated in a chapter module before any number is seen.
 
     ``B`` differs from ``A`` in ``metric`` in the claimed ``direction``
     (``"lower"``: B's values are lower, e.g. a smaller dose error; ``"higher"``:
     e.g. a larger Dice). ``statement`` is the claim in words, ``paper`` the
     paper's own value for the comparison (quoted as the paper's, optional).
+
+    ``margin`` :math:`m \ge 0` turns the claim into one of non-inferiority: B is
+    not worse than A by more than :math:`m`, i.e. :math:`B - A > -m` for
+    ``"higher"`` and :math:`B - A < m` for ``"lower"`` ("Dice within 0.02").
+    :func:`judge` tests the shifted differences :math:`B - A \pm m` against 0.
     """
 
     metric: str
@@ -503,6 +508,7 @@ class Claim:
     direction: str
     statement: str
     paper: float | None = None
+    margin: float = 0.0
 
     def __post_init__(self):
         for name in ("metric", "a", "b", "statement"):
@@ -511,6 +517,14 @@ class Claim:
         _check_choice(self.direction, "Claim.direction", _DIRECTIONS)
         if self.a == self.b:
             raise ValueError(f"a claim compares two different arms, got {self.a!r} twice")
+        m = self.margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
+            raise ValueError(f"Claim.margin must be a finite number >= 0, got {m!r}")
+
+    @property
+    def shift(self) -> float:
+        """The constant added to B's values so that the claim becomes ``B' - A`` in ``direction`` of 0."""
+        return float(self.margin) if self.direction == "higher" else -float(self.margin)
 
 
 def judge(study, claims, *, statistic: str = "median", alpha: float = 0.05, n_boot: int = 10000,
@@ -530,20 +544,28 @@ def judge(study, claims, *, statistic: str = "median", alpha: float = 0.05, n_bo
     -------
     list of dict
         The rows of :func:`compare_arms` (``p_adj`` and ``verdict`` over all
-        claims together) plus ``metric`` and ``statement``.
+        claims together) plus ``metric``, ``statement`` and ``margin``. For a
+        claim with a margin the p-value and the verdict are those of the
+        shifted differences (:attr:`Claim.shift`), while ``diff``, ``ci_lo``,
+        ``ci_hi`` and B's means are reported unshifted.
     """
     claims = list(claims)
     if not claims or not all(isinstance(c, Claim) for c in claims):
         raise ValueError("claims must be a non-empty sequence of Claim")
     rows = []
     for c in claims:
-        (row,) = compare_arms({c.a: study.metric(c.metric, c.a), c.b: study.metric(c.metric, c.b)},
+        b = np.asarray(study.metric(c.metric, c.b), float) + c.shift
+        (row,) = compare_arms({c.a: study.metric(c.metric, c.a), c.b: b},
                               [(c.a, c.b, c.direction)], statistic=statistic, alpha=alpha, n_boot=n_boot,
                               seed=seed, paper={(c.a, c.b): c.paper})
-        rows.append({**row, "metric": c.metric, "statement": c.statement})
+        for k in ("diff", "ci_lo", "ci_hi", "b_mean", "b_seed_mean"):   # report B - A itself
+            row[k] = float(row[k]) - c.shift
+        rows.append({**row, "metric": c.metric, "statement": c.statement, "margin": float(c.margin),
+                     "_shift": c.shift})
     for r, pa in zip(rows, holm([r["p"] for r in rows])):
         r["p_adj"] = float(pa)
-        r["verdict"] = verdict(r["p_adj"], (r["ci_lo"], r["ci_hi"]), r["direction"], alpha=alpha)
+        s = r.pop("_shift")
+        r["verdict"] = verdict(r["p_adj"], (r["ci_lo"] + s, r["ci_hi"] + s), r["direction"], alpha=alpha)
     return rows
 
 

@@ -12,14 +12,13 @@ import torch
 from rtlearn.experiments import doselo as X
 from rtlearn.losses.cascade import CascadeLoss
 from rtlearn.losses.dose_guided import (BCELoss, BCESoftDiceLoss, DoseGuidedLoss, StraightThroughDoseGuidedLoss,
-                                        SurrogateGuidedLoss, dose_segmentation_loss, freeze, straight_through)
+                                        dose_segmentation_loss, freeze, straight_through)
 from rtlearn.metrics.dosimetric import rmae
 from rtlearn.metrics.stats import format_verdicts, judge
 from rtlearn.models.cascade import CascadeUNet
 from rtlearn.models.scaled import ScaledDose
 from rtlearn.models.unet import UNet
 from rtlearn.phantom.perturb import KINDS
-from rtlearn.phantom.surrogate import BeamSurrogate
 from rtlearn.study import from_runs, parse_seeds, validate_record
 from rtlearn.train import fit, seeded
 
@@ -74,30 +73,39 @@ def test_default_config_profiles():
         (24, 3, 32, 1, 0, (64, 64), 3.6)
     assert (q.predictor_epochs, q.predictor_width, q.predictor_depth, q.predictor_batch, q.predictor_lr) == \
         (30, 8, 3, 16, 2e-3)
-    assert (q.seg_epochs, q.seg_width, q.seg_depth, q.seg_batch, q.seg_lr, q.patience) == (40, 8, 3, 4, 2e-3, None)
-    assert (q.lambdas, q.st_lambdas, q.engine_lambda, q.hard_lambda) == ((0.001, 0.1, 1.0), (0.01, 1.0), 1e-5, 1.0)
-    assert X.arm_names(q) == ["BCE+SoftDice", "BCE (= hard DOSELO)", "DOSELO λ=0.001", "DOSELO λ=0.1",
-                              "DOSELO λ=1", "DOSELO-ST λ=0.01", "DOSELO-ST λ=1", "Engine λ=1e-05"]
+    assert (q.seg_updates, q.seg_width, q.seg_depth, q.seg_batch, q.seg_lr) == (600, 8, 3, 4, 2e-3)
+    assert (q.lambdas, q.soft_lambda, q.pos_weight) == ((3.0,), 3.0, 2.0)
+    assert X.arm_names(q) == ["BCE+SoftDice", "BCE pos_weight=2", "DOSELO-ST", "DOSELO Eq. 4 (soft)"]
+    # 24 training cases in batches of 4: 6 updates per epoch, 100 epochs for 600 updates
+    assert X.seg_epochs(q) == 100
     s = X.default_config("study")
-    assert s.patience is not None and s.n_val >= 1 and s.seg_epochs > q.seg_epochs   # early stopping, to convergence
-    assert s.n_seg_cases > q.n_seg_cases and s.n_folds >= 2 and s.n_dose_cases > q.n_dose_cases
+    assert s.n_folds == 4 and s.n_val >= 1 and len(s.lambdas) >= 3                # the paper's CV, lambda chosen
+    # at least 2,000 updates per model: 64 cases, 16 test and 8 validation per fold -> 40 in batches of 4
+    assert s.seg_updates >= 2000 and X.seg_epochs(s) * 10 >= 2000
+    assert s.n_seg_cases > q.n_seg_cases and s.n_dose_cases > q.n_dose_cases
     assert len(parse_seeds(X.STUDY_SEEDS)) >= 3
     assert X.arm_names(s) == X.arm_names(q)                                           # the same science
     f = X.default_config("full")
     assert (f.shape, f.n_dose_cases, f.n_perturb, f.n_seg_cases, f.n_folds) == ((128, 128), 200, 8, 50, 5)
-    assert f.lambdas == (0.001, 0.01, 0.1, 1.0) and (f.seg_width, f.seg_batch) == (32, 16)
-    assert X.default_config("study", seg_epochs=3).seg_epochs == 3
-    assert f"{s.n_seg_cases} segmentation patients" in X.describe(s)
+    assert f.seg_updates == X.PAPER_UPDATES == 20_000 and (f.seg_width, f.seg_batch) == (32, 16)
+    assert X.default_config("study", seg_updates=3).seg_updates == 3
+    assert f"{s.n_seg_cases} segmentation patients" in X.describe(s) and "2000 updates" in X.describe(s)
     with pytest.raises(ValueError, match="not a profile"):
         X.default_config("huge")
     with pytest.raises(ValueError, match="unknown DOSELO config field"):
         X.default_config("quick", n_epochs=3)
-    with pytest.raises(ValueError, match="patience"):
-        X.default_config("quick", patience=5)                   # early stopping without a validation set
+    with pytest.raises(ValueError, match="validation cases"):
+        X.default_config("quick", lambdas=(1.0, 3.0))           # a choice of lambda without a validation set
     with pytest.raises(ValueError, match="lambdas"):
         X.default_config("quick", lambdas=(-1.0,))
+    with pytest.raises(ValueError, match="lambdas"):
+        X.default_config("quick", lambdas=())
+    with pytest.raises(ValueError, match="pos_weight"):
+        X.default_config("quick", pos_weight=0.0)
+    with pytest.raises(ValueError, match="seg_updates"):
+        X.default_config("quick", seg_updates=0)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        q.seg_epochs = 1
+        q.seg_updates = 1
 
 
 def test_default_config_reads_the_profile(monkeypatch):
@@ -111,8 +119,12 @@ def test_claims_reference_arms_and_metrics():
     for cfg in (X.default_config(p) for p in ("quick", "study", "full")):
         for c in X.CLAIMS:
             assert c.a in X.arm_names(cfg) and c.b in X.arm_names(cfg) and c.metric in X.METRICS
-    assert [c.metric for c in X.CLAIMS] == ["rmae", "hd_mm"] and all(c.direction == "lower" for c in X.CLAIMS)
+    assert [(c.metric, c.a, c.b, c.direction, c.margin) for c in X.CLAIMS] == [
+        ("rmae", X.BASELINE, X.PAPER_ARM, "lower", 0.0), ("hd_mm", X.BASELINE, X.PAPER_ARM, "lower", 0.0),
+        ("dice", X.BASELINE, X.PAPER_ARM, "higher", 0.02), ("far_fp", X.BASELINE, X.PAPER_ARM, "lower", 0.0),
+        ("rmae", X.CODE_ARM, X.PAPER_ARM, "lower", 0.0)]
     assert X.CLAIMS[0].paper == pytest.approx(0.258 - 0.449) and X.CLAIMS[1].paper == pytest.approx(28.68 - 64.06)
+    assert X.CLAIMS[2].paper == pytest.approx(0.697 - 0.713)
 
 
 # ------------------------------------------------------------------------------------------- data and planning
@@ -121,6 +133,18 @@ def test_brain_cases_deterministic_and_distinct(patients):
     for a, b in zip(patients, again):
         assert np.array_equal(a.masks["GTV"], b.masks["GTV"]) and np.array_equal(a.mr["T1c"], b.mr["T1c"])
     assert not np.array_equal(patients[0].masks["GTV"], patients[1].masks["GTV"])
+
+
+def test_mimic_counts():
+    plain = X.brain_cases(3, seed=5, shape=SHAPE, spacing=SP)
+    two = X.brain_cases(3, seed=5, shape=SHAPE, spacing=SP, mimics=2)
+    assert X.mimic_counts(plain).tolist() == [0, 0, 0]
+    counts = X.mimic_counts(two)
+    assert counts.max() <= 2 and counts.sum() >= 4          # a mimic finds no place only rarely
+    # a hand count: connected regions of the mimic tissue
+    from scipy import ndimage
+    k = X.BRAIN_TISSUES.index("mimic")
+    assert counts[0] == ndimage.label(two[0].labels == k, structure=np.ones((3, 3)))[1]
 
 
 def test_plan_dose_reaches_prescription_and_empty_target(patients):
@@ -243,11 +267,35 @@ def test_doselo_loss_zero_for_truth_and_gradient_reaches_only_segmenter(patients
 def test_hard_variant_trains_exactly_like_bce(patients):
     data = X.segmentation_data(patients[:2], predictor=_predictor())
     pred = _predictor()
-    a = _train(DoseGuidedLoss(pred, lam=1.0, hard=True), data, 3, frozen=[pred])
-    b = _train(BCELoss(), data, 3)
+    a = _train(DoseGuidedLoss(pred, lam=1.0, hard=True, pos_weight=2.0), data, 3, frozen=[pred])
+    b = _train(BCELoss(pos_weight=2.0), data, 3)
     c = _train(DoseGuidedLoss(pred, lam=1.0), data, 3, frozen=[pred])
-    assert _same_weights(a, b)                  # no gradient from the hard dose term
+    assert _same_weights(a, b)                  # no gradient from the hard dose term: the code arm is BCE alone
     assert not _same_weights(a, c)              # the soft one changes training
+
+
+def test_straight_through_term_cannot_be_gamed_by_dimming(tiny):
+    """With the study's trained predictor: the straight-through dose term gives the true mask a lower loss than
+    a dimmed or an empty one, at every amplitude below the threshold."""
+    cfg, data = tiny
+    seg = X.segmentation_data(data["seg_cases"][:3], data["predictor"])
+    b = {k: torch.as_tensor(v) for k, v in seg.items()}
+    logit = lambda m: torch.logit(m.clamp(1e-4, 1 - 1e-4))           # noqa: E731
+    st = X.dose_term(data["predictor"], 1.0)
+    soft = X.dose_term(data["predictor"], 1.0, straight=False)
+    for loss in (st, soft):
+        loss(logit(b["target"]), b)
+        assert loss.last_terms["dsl"] < 1e-6                          # the true mask: (almost) no dose term
+    truth = st(logit(b["target"]), b).item()
+    assert st.last_terms["dsl"] == 0.0            # thresholded, the true mask is the true mask: the same dose
+    for a in (0.0, 0.1, 0.3, 0.45):
+        dim = st(logit(b["target"] * a + (1 - b["target"]) * 1e-4), b).item()
+        assert dim > truth and st.last_terms["dsl"] > 0.0
+    # the dose term is in units of Rx^2: the same loss in Gy^2 is 60^2 times larger
+    gy = DoseGuidedLoss(data["predictor"], 1.0, straight_through=True)
+    gy(logit(b["target"] * 0.3), b)
+    st(logit(b["target"] * 0.3), b)
+    assert gy.last_terms["dsl"] == pytest.approx(st.last_terms["dsl"] * X.RX_GY ** 2, rel=1e-4)
 
 
 def test_segmenter_training_deterministic_and_bad_input(patients):
@@ -268,16 +316,22 @@ def test_segmenter_training_deterministic_and_bad_input(patients):
 def test_arms_are_loss_objects(patients):
     cfg = X.default_config("quick")
     pred = _predictor()
-    sur = BeamSurrogate(patients[:2], n_beams=5, beamlet_mm=9.6)
-    arms = X.arms(cfg, pred, sur)
+    arms = X.arms(cfg, pred)
     assert list(arms) == X.arm_names(cfg)
     assert all(isinstance(loss, torch.nn.Module) for loss in arms.values())
-    assert arms["BCE (= hard DOSELO)"].hard and not arms["DOSELO λ=1"].hard and arms["DOSELO λ=0.1"].lam == 0.1
-    assert isinstance(arms["DOSELO-ST λ=0.01"], StraightThroughDoseGuidedLoss)
-    assert isinstance(arms["Engine λ=1e-05"], SurrogateGuidedLoss) and arms["Engine λ=1e-05"].surrogate is sur
-    assert X._auxiliary(arms["DOSELO λ=1"], pred, sur) == [pred]
-    assert X._auxiliary(arms["Engine λ=1e-05"], pred, sur) == [sur]
-    assert X._auxiliary(arms[X.BASELINE], pred, sur) == []
+    assert isinstance(arms[X.BASELINE], BCESoftDiceLoss)
+    assert isinstance(arms[X.CODE_ARM], BCELoss) and arms[X.CODE_ARM].pos_weight == 2.0
+    st, soft = arms[X.PAPER_ARM], arms[X.SOFT_ARM]
+    assert isinstance(st, StraightThroughDoseGuidedLoss) and st.straight_through and st.dice
+    assert not soft.straight_through and not soft.hard and not soft.dice     # the paper's Eq. 4: BCE + lambda L_DSL
+    assert st.lam == cfg.lambdas[0] and soft.lam == cfg.soft_lambda and st.dose_scale == soft.dose_scale == 60.0
+    assert X.arms(cfg, pred, 7.0)[X.PAPER_ARM].lam == 7.0
+    assert X._auxiliary(st, pred) == [pred] and X._auxiliary(arms[X.BASELINE], pred) == []
+    # the dose arms differ from the baseline only by the dose term: at lambda 0 they are BCE + SoftDice
+    data = X.segmentation_data(patients[:2], predictor=pred)
+    b = {k: torch.as_tensor(v) for k, v in data.items()}
+    z = torch.randn(2, 1, *SHAPE, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(X.dose_term(pred, 0.0)(z, b), BCESoftDiceLoss()(z, b))
 
 
 def test_straight_through_mask_and_loss(patients):
@@ -325,10 +379,11 @@ def test_blob_demo_distant_blob_costs_dice_little_but_moves_dose():
 # ------------------------------------------------------------------------------------------------ run and tables
 def _strip_times(record):
     """The record without wall times (which differ between identical runs) and without live objects."""
+    ext = dict(record["extras"])
+    ext["predictor"] = {k: v for k, v in ext["predictor"].items() if k != "seconds"}
     return {"cases": record["cases"], "metrics": record["metrics"],
             "history": {a: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
-                        for a, h in record["history"].items()},
-            "extras": {k: {kk: vv for kk, vv in v.items() if kk != "seconds"} for k, v in record["extras"].items()}}
+                        for a, h in record["history"].items()}, "extras": ext}
 
 
 def test_run_tiny_record(tiny, tiny_record):
@@ -336,23 +391,30 @@ def test_run_tiny_record(tiny, tiny_record):
     rec = validate_record(tiny_record)
     assert list(rec["metrics"]) == X.arm_names(cfg)
     assert all(set(m) == set(X.METRICS) for m in rec["metrics"].values())
-    _, te = data["splits"][0]
-    assert rec["cases"] == sorted(int(i) for i in te) and len(rec["cases"]) >= 2
+    assert rec["cases"] == sorted(int(i) for _, te in data["splits"] for i in te) == list(range(cfg.n_seg_cases))
     for c in X.CLAIMS:
         assert c.a in rec["metrics"] and c.b in rec["metrics"] and c.metric in rec["metrics"][c.a]
     for arm, hist in rec["history"].items():
-        assert 1 <= len(hist) <= cfg.seg_epochs and all("val_loss" in r and r["fold"] == 0 for r in hist)
-    assert rec["extras"]["predictor"]["mae_gy"] == pytest.approx(data["predictor_accuracy"]["mae_gy"])
+        assert len(hist) == X.seg_epochs(cfg) * cfg.n_folds and {r["fold"] for r in hist} == {0, 1}
+    ext = rec["extras"]
+    assert ext["predictor"]["mae_gy"] == pytest.approx(data["predictor_accuracy"]["mae_gy"])
+    assert set(ext["lambda"]) == {"0", "1"} and all(v in cfg.lambdas for v in ext["lambda"].values())
+    for f, scores in ext["val_rmae"].items():                      # the chosen lambda has the lowest val RMAE
+        assert set(scores) == {f"{lam:g}" for lam in cfg.lambdas}
+        assert scores[f"{ext['lambda'][f]:g}"] == min(scores.values())
+    assert ext["mimics"] == X.mimic_counts(data["seg_cases"]).tolist()
     live = rec["live"]
     assert live["masks"][X.BASELINE].shape == (len(rec["cases"]),) + cfg.shape
-    # the recorded metrics are those of the live masks
+    # the recorded metrics are those of the live masks and probabilities
     i = rec["cases"][0]
     p = data["seg_cases"][i]
-    m = live["masks"][X.BASELINE][0]
+    m, q = live["masks"][X.BASELINE][0], live["probs"][X.BASELINE][0]
+    assert np.array_equal(m, q >= 0.5)
     assert rec["metrics"][X.BASELINE]["dice"][0] == pytest.approx(X.dice(m, p.masks["GTV"]))
     assert rec["metrics"][X.BASELINE]["empty"][0] == float(not m.any())
+    assert rec["metrics"][X.BASELINE]["p_gtv"][0] == pytest.approx(float(q[p.masks["GTV"]].mean()))
     with pytest.raises(ValueError, match="another config"):
-        X.run(X.default_config("study", **{**X.TINY, "seg_epochs": 3}), 0, data=data, progress=False)
+        X.run(X.default_config("study", **{**X.TINY, "seg_updates": 3}), 0, data=data, progress=False)
 
 
 def test_run_same_seed_same_record_other_seed_differs(tiny, tiny_record):
@@ -364,7 +426,7 @@ def test_run_same_seed_same_record_other_seed_differs(tiny, tiny_record):
     assert _strip_times(other)["history"] != _strip_times(tiny_record)["history"]
 
 
-def _synthetic_study(cfg, n_cases=8, seeds=(0, 1), empty_arm="DOSELO λ=0.001"):
+def _synthetic_study(cfg, n_cases=8, seeds=(0, 1), empty_arm=X.SOFT_ARM):
     rng = np.random.default_rng(0)
     names = X.arm_names(cfg)
     records = {}
@@ -388,27 +450,50 @@ def test_tables_and_verdicts():
     md = X.tables(study)
     text = str(md)
     assert "| BCE+SoftDice |" in text and "| the paper: DOSELO λ=1 | 0.258 ± 0.201 | 28.7 ± 22.2 |" in text
-    assert "RMAE: BCE+SoftDice → DOSELO λ=1" in text and "HD (mm): BCE+SoftDice" in text
-    assert "-0.191" in text and "-35.380" in text                               # the paper's differences
+    assert "RMAE: BCE+SoftDice → DOSELO-ST" in text and "HD (mm): BCE+SoftDice" in text
+    assert "RMAE: BCE pos_weight=2 → DOSELO-ST" in text
+    assert "-0.191" in text and "-35.380" in text and "-0.016" in text         # the paper's differences
     # mean ± sd over cases of the seed-averaged values
     v = np.mean([study.metric("rmae", X.BASELINE)], axis=1)[0]
     assert f"| BCE+SoftDice | {v.mean():.3f} ± {v.std(ddof=1):.3f} |" in text
-    assert "| DOSELO λ=0.001 |" in text and text.count("–") >= 2
+    assert "| DOSELO Eq. 4 (soft) |" in text and text.count("–") >= 2
+    assert "RMAE: BCE+SoftDice → DOSELO Eq. 4 (soft)" in text
+    assert [r["b"] for r in X.judged(study, X.EQ4_CLAIMS)[0]] == [X.SOFT_ARM] * 2   # its HD is undefined
     rows = judge(study, X.CLAIMS)
-    assert [r["metric"] for r in rows] == ["rmae", "hd_mm"] and all(r["verdict"] in
-                                                                 ("supported", "contradicted", "unresolved")
-                                                                 for r in rows)
+    assert [r["metric"] for r in rows] == ["rmae", "hd_mm", "dice", "far_fp", "rmae"]
+    assert all(r["verdict"] in ("supported", "contradicted", "unresolved") for r in rows)
     assert "BCE+SoftDice" in format_verdicts(rows)
     assert X.verdicts(study) == format_verdicts(rows)                          # every claim testable
     # the paper's arm predicted nothing: its HD is undefined, the HD claim cannot be tested
     empty = _synthetic_study(cfg, empty_arm=X.PAPER_ARM)
+    assert len(X.judged(empty, X.EQ4_CLAIMS)[0]) == 3
     rows, notes = X.judged(empty)
-    assert [r["metric"] for r in rows] == ["rmae"] and len(notes) == 1 and "not testable" in notes[0]
+    assert [r["metric"] for r in rows] == ["rmae", "dice", "far_fp", "rmae"] and len(notes) == 1
+    assert "not testable" in notes[0]
     assert "not testable" in X.verdicts(empty) and "not testable" in str(X.tables(empty))
     only_baseline = {"cases": [0, 1], "metrics": {X.BASELINE: {"rmae": [0.1, 0.2]}},
                      "history": {X.BASELINE: []}, "seconds": {X.BASELINE: 1.0}}
     with pytest.raises(ValueError, match="no arm"):
         X.tables(from_runs("doselo", "quick", cfg, {0: only_baseline}))
+
+
+def test_dice_claim_is_non_inferiority_with_margin():
+    """Dice 0.01 lower in every case: within the 0.02 margin (supported); 0.05 lower: contradicted."""
+    cfg = X.default_config("quick")
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.6, 0.9, 20)
+    for drop, expected in ((0.01, "supported"), (0.05, "contradicted")):
+        records = {}
+        for s in (0, 1, 2):
+            metrics = {a: {m: base.tolist() for m in X.METRICS} for a in X.arm_names(cfg)}
+            metrics[X.PAPER_ARM] = {m: base.tolist() for m in X.METRICS}
+            metrics[X.PAPER_ARM]["dice"] = (base - drop + rng.normal(0, 1e-3, 20)).tolist()
+            records[s] = {"cases": list(range(20)), "metrics": metrics, "history": {a: [] for a in metrics},
+                          "seconds": dict.fromkeys(metrics, 1.0)}
+        study = from_runs("doselo", "quick", cfg, records)
+        (row,) = judge(study, [X.CLAIMS[2]])
+        assert row["verdict"] == expected and row["diff"] == pytest.approx(-drop, abs=2e-3)
+        assert row["ci_lo"] < -drop < row["ci_hi"] + 2e-3 and row["margin"] == 0.02
 
 
 def test_figures(tiny, tiny_record):
@@ -421,6 +506,15 @@ def test_figures(tiny, tiny_record):
     study = from_runs("doselo", "study", cfg, {0: tiny_record})
     figs = X.figures(study, record=tiny_record, data=data)
     assert set(figs) == {"rmae", "worst_cases"}
+    resp = X.amplitude_response(data, [0.0, 0.3, 1.0], cases=[0, 1])
+    assert resp["gtv_dose"].shape == resp["soft"].shape == resp["straight"].shape == (3, 2)
+    assert np.allclose(resp["soft"][-1], 0, atol=1e-8) and np.allclose(resp["straight"][-1], 0, atol=1e-8)
+    assert np.allclose(resp["straight"][0], resp["straight"][1])      # 0 and 0.3 both threshold to empty
+    assert np.allclose(resp["gtv_dose"][-1], resp["true_gtv_dose"], atol=1e-4)
+    with pytest.raises(ValueError, match="amplitudes"):
+        X.amplitude_response(data, [1.5])
+    figs["exploit"] = X.exploit_figure(resp, study)
+    assert len(figs["exploit"].axes) == 3
     demo = {"patient": data["seg_cases"][0], "ref": data["ref_doses"][0]}
     for name in ("blob", "shift"):
         demo[name] = {"mask": data["seg_cases"][0].masks["GTV"], "dose": data["ref_doses"][0], "dice": 1.0,

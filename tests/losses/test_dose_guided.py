@@ -232,7 +232,7 @@ def test_module_matches_functional_and_caches():
     assert loss.cache_hits == 1
     assert loss.last_terms["dsl"] == pytest.approx(float(terms["dsl"]), rel=1e-5)
     assert loss.last_terms["dsl"] != pytest.approx(dsl_first, rel=1e-2)
-    assert set(loss.last_terms) == {"bce", "dsl", "total"}
+    assert set(loss.last_terms) == {"bce", "dice", "dsl", "total"}
     # a precomputed true dose in the batch gives the same value
     d = true_target_dose(pred, b["target"], b["oars"], b["ct"], b["dose_mask"])
     assert torch.allclose(DoseGuidedLoss(pred, pos_weight=2.0, cache_size=0)(logits, dict(b, true_dose=d)), ref)
@@ -320,6 +320,74 @@ def test_straight_through_loss_linear_predictor_value_and_gradient():
     assert torch.equal(StraightThroughDoseGuidedLoss(pred, 0.0)(z.detach(), b), bce)
     with pytest.raises(ValueError, match="lam"):
         StraightThroughDoseGuidedLoss(pred, -1.0)
+
+
+class _SaturatingPredictor(nn.Module):
+    """A learned-surrogate caricature that reads mask amplitude: dose = 60 Gy * min(1, S_T / 0.3) (+ 0 * rest).
+
+    Any amplitude >= 0.3 inside the GTV gives the full dose: a mask dimmed to 0.3 is, for this predictor, as
+    good as the true mask, the exploit a soft dose term offers to a segmentation network."""
+
+    in_channels = 3
+
+    def forward(self, x):
+        return 60.0 * torch.clamp(x[:, :1] / 0.3, max=1.0) + 0.0 * x[:, 1:].sum(1, keepdim=True)
+
+
+def test_straight_through_term_ranks_true_mask_below_dimmed_and_empty():
+    b = _batch()
+    pred = freeze(_SaturatingPredictor())
+    s = b["target"].float()
+    masks = {"true": s, "dimmed 0.3": 0.3 * s, "dimmed 0.45": 0.45 * s, "empty": torch.zeros_like(s)}
+
+    def dsl(prob, **kw):
+        return float(dose_segmentation_loss(prob, b["target"], pred, b["oars"], b["ct"], b["dose_mask"],
+                                            dose_scale=60.0, **kw))
+
+    soft = {k: dsl(m) for k, m in masks.items()}
+    st = {k: dsl(m, straight_through=True) for k, m in masks.items()}
+    # the soft term cannot tell the true mask from one dimmed to 0.3: the exploit
+    assert soft["true"] == 0.0 and soft["dimmed 0.3"] == pytest.approx(0.0, abs=1e-12)
+    # the straight-through term gives the true mask the lowest loss; a dimmed mask costs what an empty one does
+    assert st["true"] == 0.0
+    for k in ("dimmed 0.3", "dimmed 0.45", "empty"):
+        assert st[k] > st["true"] and st[k] == pytest.approx(st["empty"])
+    # in Rx^2: an empty mask misses 60 Gy = 1 Rx on the GTV's share of the body voxels
+    share = float((s * b["dose_mask"]).sum() / s.numel())
+    assert st["empty"] == pytest.approx(share, rel=1e-6)
+    # the module forms agree, with and without the SoftDice term
+    logit = torch.logit(masks["dimmed 0.3"].clamp(1e-4, 1 - 1e-4))
+    m = StraightThroughDoseGuidedLoss(pred, 2.0, dice=True, dose_scale=60.0)
+    total = m(logit, b)
+    assert m.last_terms["dsl"] == pytest.approx(st["dimmed 0.3"], rel=1e-6)
+    ref = bce_soft_dice_loss(logit, b["target"]) + 2.0 * st["dimmed 0.3"]
+    assert float(total) == pytest.approx(float(ref), rel=1e-6)
+    assert float(dose_guided_loss(logit, b["target"], pred, b["oars"], b["ct"], b["dose_mask"], lam=2.0, dice=True,
+                                  straight_through=True, dose_scale=60.0)) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_dose_scale_and_mode_errors():
+    b = _batch()
+    pred = _linear_predictor()
+    p = torch.full(b["target"].shape, 0.3)
+    gy = dose_segmentation_loss(p, b["target"], pred, b["oars"], b["ct"])
+    rx = dose_segmentation_loss(p, b["target"], pred, b["oars"], b["ct"], dose_scale=60.0)
+    assert float(gy) == pytest.approx(float(rx) * 3600, rel=1e-6)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "60"):
+        with pytest.raises(ValueError, match="dose_scale"):
+            dose_segmentation_loss(p, b["target"], pred, b["oars"], b["ct"], dose_scale=bad)
+        with pytest.raises(ValueError, match="dose_scale"):
+            DoseGuidedLoss(pred, dose_scale=bad)
+    with pytest.raises(ValueError, match="not both"):
+        dose_segmentation_loss(p, b["target"], pred, b["oars"], b["ct"], hard=True, straight_through=True)
+    with pytest.raises(ValueError, match="not both"):
+        DoseGuidedLoss(pred, hard=True, straight_through=True)
+    with pytest.raises(ValueError, match="no hard mode"):
+        StraightThroughDoseGuidedLoss(pred, 1.0, hard=True)
+    z = torch.zeros(b["target"].shape)
+    total, terms = dose_guided_loss(z, b["target"], pred, b["oars"], b["ct"], lam=0.5, dice=True, return_terms=True)
+    assert float(terms["dice"]) == pytest.approx(float(soft_dice_loss(torch.sigmoid(z), b["target"])))
+    assert float(total) == pytest.approx(float(terms["bce"] + terms["dice"] + 0.5 * terms["dsl"]))
 
 
 class _LinearSurrogate(nn.Module):

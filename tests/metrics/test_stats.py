@@ -409,6 +409,34 @@ def test_judge_holm_over_all_claims_and_each_outcome_reachable():
         judge(_FakeStudy(arrays), [("mae", "A", "B", "lower")])
 
 
+def test_judge_non_inferiority_margin():
+    """A claim with a margin is the plain claim on B shifted by the margin (scipy's Wilcoxon on the shifted
+    differences), reported unshifted; each verdict is reachable."""
+    from scipy.stats import wilcoxon
+
+    from rtlearn.metrics.stats import Claim, judge
+
+    rng = np.random.default_rng(2)
+    a = rng.uniform(0.6, 0.9, size=(3, 25))
+    for drop, margin, direction, expected in ((0.01, 0.02, "higher", "supported"),
+                                              (0.05, 0.02, "higher", "contradicted"),
+                                              (0.02, 0.02, "higher", "unresolved"),
+                                              (-0.01, 0.02, "lower", "supported")):
+        b = a - drop + rng.normal(0, 0.004, size=a.shape)
+        study = _FakeStudy({("dsc", "A"): a, ("dsc", "B"): b})
+        (row,) = judge(study, [Claim("dsc", "A", "B", direction, "within", margin=margin)], n_boot=2000)
+        shift = margin if direction == "higher" else -margin
+        d = (b + shift).mean(0) - a.mean(0)
+        assert row["p"] == pytest.approx(wilcoxon(d).pvalue)
+        assert row["diff"] == pytest.approx(np.median(d) - shift)
+        assert row["b_mean"] == pytest.approx(b.mean())
+        assert row["verdict"] == expected, (drop, margin, direction, row)
+        assert row["margin"] == margin
+    for bad in (-0.1, float("nan"), True, "0.02"):
+        with pytest.raises(ValueError, match="margin"):
+            Claim("dsc", "A", "B", "higher", "x", margin=bad)
+
+
 # ---- bound_check ---------------------------------------------------------------------------------------------
 def _largest_abs_mean(c):
     return float(np.abs(c.mean(0)).max())
