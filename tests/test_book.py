@@ -1,5 +1,6 @@
 """The book's wiring: TOC pages exist, Colab links and install cells follow _config.yml, light import."""
 import json
+import re
 import subprocess
 import sys
 import time
@@ -116,3 +117,38 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
         io.load_npz(tmp_path / "bad.npz")
     with pytest.raises(FileNotFoundError):
         io.load_npz(tmp_path / "none.npz")
+
+
+# ---- reader-facing text speaks of radiotherapy and learning, not of how the book is made ----------------------
+_PROCESS_WORDS = re.compile(r"\b(issues?|the lead's|the lead|closing notes?)\b", re.IGNORECASE)
+
+
+def _prose(markdown: str) -> str:
+    """Markdown without fenced code blocks and inline code (where such words may be identifiers)."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```|~~~.*?~~~", "", markdown, flags=re.S))
+
+
+def process_words(markdown: str) -> list:
+    return [m.group(0) for m in _PROCESS_WORDS.finditer(_prose(markdown))]
+
+
+def test_process_word_check_finds_and_skips():
+    assert process_words("As the issue says, see the closing note.") == ["issue", "closing note"]
+    assert process_words("The lead's notes; Issues remain.") == ["The lead's", "Issues"]
+    assert process_words("Healthy tissue, `issue_id`, a leading term.\n```\nissue = 1\n```") == []
+
+
+def test_reader_facing_text_has_no_process_words():
+    pages = [ROOT / f"{f}.md" for f in _toc_files() if (ROOT / f"{f}.md").exists()] + [ROOT / "README.md"]
+    found = {}
+    for path in pages:
+        words = process_words(path.read_text())
+        if words:
+            found[path.name] = words
+    for nb in _notebooks():
+        for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            if cell["cell_type"] == "markdown":
+                words = process_words("".join(cell["source"]))
+                if words:
+                    found[f"{nb.name} cell {i}"] = words
+    assert not found, f"words of the book's making process in reader-facing text: {found}"

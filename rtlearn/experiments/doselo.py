@@ -10,23 +10,26 @@ Pipeline of the chapter "Dose-guided segmentation":
    (:class:`~rtlearn.losses.cascade.CascadeLoss`) by :func:`rtlearn.train.fit` with the fixed seed
    ``Config.predictor_seed``. The predictor is part of the data: it is trained once in
    :func:`load_data`, and every segmentation seed of a study shares it.
-2. **Segmentation** (:func:`run`): a U-Net :math:`M_S(I_{MR}) \to \hat S_T` on the four MR-like
+2. **The exploit** (:func:`amplitude_response`, :func:`exploit_figure`): the frozen predictor answers a
+   *dimmed* true GTV (amplitude 0.3) with nearly the true dose, so the paper's soft dose term can be
+   lowered by dimming the segmentation instead of correcting it; a straight-through mask closes this.
+3. **Segmentation** (:func:`run`): a U-Net :math:`M_S(I_{MR}) \to \hat S_T` on the four MR-like
    channels, one per *arm* (:func:`arms`: a name and a loss object), all from the same initial
-   weights and batch order: BCE + SoftDice (the paper's baseline), BCE + :math:`\lambda L_{DSL}`
-   through the frozen predictor (DOSELO, soft probabilities, Eq. 4), the reference code's hard /
-   no-grad variant (which is BCE alone), and -- beyond the paper -- a straight-through variant
-   (:class:`~rtlearn.losses.dose_guided.StraightThroughDoseGuidedLoss`) and BCE + :math:`\lambda` times
-   the squared dose difference through a differentiable beam surrogate of the dose engine
-   (:class:`~rtlearn.losses.dose_guided.SurrogateGuidedLoss`).
-3. **Evaluation** (:func:`evaluate_segmentations`): every predicted GTV is planned with the
+   weights and batch order, each :func:`train_segmenter` (``cfg.seg_updates`` updates, Adam with a
+   cosine decay): BCE + SoftDice (the paper's baseline); BCE with ``pos_weight = 2`` (the authors'
+   public code, whose dose term has no gradient); DOSELO-ST, BCE + SoftDice + :math:`\lambda L_{DSL}`
+   with a straight-through mask and the dose term in units of Rx² (:func:`dose_term`), its
+   :math:`\lambda` chosen per fold on the validation cases' RMAE; and the paper's Eq. (4) as written
+   (BCE + :math:`\lambda L_{DSL}`, soft probabilities), the cautionary arm.
+4. **Evaluation** (:func:`evaluate_segmentations`): every predicted GTV is planned with the
    phantom clinic's optimiser (GTV + 5 mm = PTV, 60 Gy), as is the true GTV; the two *true*
    doses are compared with the RMAE of Eq. (5) (floored denominator, :func:`rtlearn.metrics.rmae`),
-   plus Dice, HD and HD95 in mm (:func:`rtlearn.metrics.hausdorff`) and the number of far
-   false-positive voxels, case by case.
+   plus Dice, HD and HD95 in mm (:func:`rtlearn.metrics.hausdorff`), the number of far
+   false-positive voxels and the mean probability inside the true GTV, case by case.
 
 The chapter shape: :class:`Config` / :func:`default_config` (the only place a profile is read),
-:func:`load_data`, :func:`run` (one seed, every arm), :data:`CLAIMS` (judged with
-:func:`rtlearn.metrics.stats.judge`), :data:`TINY`, :func:`tables` and the figure functions
+:func:`load_data`, :func:`run` (one seed, every arm), :data:`CLAIMS` and :data:`EQ4_CLAIMS` (judged
+with :func:`rtlearn.metrics.stats.judge`), :data:`TINY`, :func:`tables` and the figure functions
 (:func:`figures`). The same configuration and seed give the same numbers.
 """
 from __future__ import annotations
@@ -66,13 +69,13 @@ from ..train import fit, seeded
 __all__ = [
     "OAR_NAMES", "MR_NAMES", "PTV_MARGIN_MM", "RX_GY", "PAPER", "BASELINE", "CODE_ARM", "PAPER_ARM", "SOFT_ARM",
     "ARMS", "PAPER_UPDATES", "CODE_UPDATES", "METRICS", "STUDY_SEEDS", "DICE_MARGIN", "Config", "default_config",
-    "TINY", "CLAIMS", "EQ4_CLAIMS", "describe", "seg_epochs",
+    "TINY", "CLAIMS", "EQ4_CLAIMS", "describe", "seg_epochs", "update_count",
     "brain_cases", "mimic_counts", "cv_splits", "plan_dose", "predictor_input", "dose_predictor_data",
     "ArrayDataset", "dose_predictor", "segmenter", "shuffled", "predictor_accuracy", "segmentation_data",
     "arm_names", "dose_term", "arms", "predict_probs", "predict_masks", "train_segmenter", "far_false_positives",
     "evaluate_segmentations", "load_data", "run", "judged", "verdicts", "tables", "lambda_table",
     "amplitude_response", "blob_demo", "blob_figure", "pipeline_figure", "perturbation_figure", "predictor_figure",
-    "exploit_figure", "rmae_figure", "worst_cases_figure", "figures",
+    "exploit_figure", "probability_figure", "rmae_figure", "worst_cases_figure", "figures",
 ]
 
 #: organs at risk given to the dose predictor, one channel each (``S_OR``)
@@ -269,7 +272,7 @@ def describe(cfg: Config) -> str:
             f"{cfg.predictor_epochs} epochs (width {cfg.predictor_width}, depth {cfg.predictor_depth}); "
             f"{cfg.n_seg_cases} segmentation patients, {split}; grid {cfg.shape[0]} x {cfg.shape[1]} at "
             f"{cfg.spacing} mm; {len(ARMS)} arms, each U-Net (width {cfg.seg_width}, depth {cfg.seg_depth}, "
-            f"batch {cfg.seg_batch}) trained for {seg_epochs(cfg)} epochs = {seg_epochs(cfg) * _batches(cfg)} "
+            f"batch {cfg.seg_batch}) trained for {seg_epochs(cfg)} epochs = {update_count(cfg)} "
             f"updates (the paper: {PAPER_UPDATES:,}); {lam}.")
 
 
@@ -288,6 +291,11 @@ def _batches(cfg: Config) -> int:
 def seg_epochs(cfg: Config) -> int:
     """Epochs of every segmenter: the fewest whole epochs with at least ``cfg.seg_updates`` updates."""
     return max(1, -(-cfg.seg_updates // _batches(cfg)))
+
+
+def update_count(cfg: Config) -> int:
+    """Optimiser updates of every segmenter: :func:`seg_epochs` x batches per epoch (the smallest fold's)."""
+    return seg_epochs(cfg) * _batches(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -773,7 +781,7 @@ def run(cfg: Config, seed: int = 0, *, data: dict | None = None, progress: bool 
     acc = data["predictor_accuracy"]
     extras = {"lambda": {str(f): v for f, v in chosen.items()},
               "val_rmae": {str(f): v for f, v in val_rmae.items()},
-              "updates": seg_epochs(cfg) * _batches(cfg),
+              "updates": update_count(cfg),
               "predictor": {"mae_gy": acc["mae_gy"], "mae_pct_rx": acc["mae_pct_rx"], "by_kind": acc["by_kind"],
                             "train_loss": [r["train_loss"] for r in data["predictor_history"]],
                             "seconds": data["predictor_seconds"]},
@@ -1009,20 +1017,31 @@ def exploit_figure(response: dict, study=None):
     ax.set_title("(b) what a dimmed GTV costs", fontsize=10)
     ax.legend(fontsize=8)
     if study is not None:
-        ax = axes[2]
-        for j, arm in enumerate(study.arms):
-            v = _case_means(study, "p_gtv", arm)
-            v = v[np.isfinite(v)]
-            x = j + np.random.default_rng(j).uniform(-0.2, 0.2, v.size)
-            ax.plot(x, v, "o", ms=3, alpha=0.6, color=f"C{j}")
-            ax.plot([j - 0.3, j + 0.3], [np.median(v)] * 2, "k-", lw=2)
-        ax.axhline(0.5, color="gray", lw=0.8, ls=":")
-        ax.set_xticks(range(len(study.arms)), study.arms, rotation=20, fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("mean probability inside the true GTV")
-        ax.set_title("(c) what the segmenters learned", fontsize=10)
-    fig.tight_layout()
+        probability_figure(study, ax=axes[2])
     return fig
+
+
+def probability_figure(study, ax=None):
+    """The mean predicted probability inside the true GTV of every test case (seed means), one column per arm,
+    with the median (black bar) and the threshold 0.5: a dimmed segmentation lies below it."""
+    import matplotlib.pyplot as plt
+
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=80)
+    for j, arm in enumerate(study.arms):
+        v = _case_means(study, "p_gtv", arm)
+        v = v[np.isfinite(v)]
+        x = j + np.random.default_rng(j).uniform(-0.2, 0.2, v.size)
+        ax.plot(x, v, "o", ms=3, alpha=0.6, color=f"C{j}")
+        if v.size:
+            ax.plot([j - 0.3, j + 0.3], [np.median(v)] * 2, "k-", lw=2)
+    ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+    ax.set_xticks(range(len(study.arms)), study.arms, rotation=20, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean probability inside the true GTV")
+    ax.set_title("(c) what the segmenters learned" if fig is None else "what the segmenters learned", fontsize=10)
+    return ax.figure
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,13 +25,22 @@ comparison. :math:`D_P` is a constant target, computed without gradient, and
 may be precomputed (:func:`true_target_dose`) or cached per batch
 (:class:`DoseGuidedLoss`).
 
-**Beyond the paper.** :class:`StraightThroughDoseGuidedLoss` feeds :math:`M_D`
-the *thresholded* mask in the forward pass (binary, like its training data)
-while the gradient flows to the probabilities as if the mask were soft
-(:func:`straight_through`); :func:`surrogate_guided_loss` (module form
-:class:`SurrogateGuidedLoss`) replaces the learned :math:`M_D` by a
+**Beyond the paper.** :class:`StraightThroughDoseGuidedLoss` (or
+``straight_through=True``) feeds :math:`M_D` the *thresholded* mask in the
+forward pass (binary, like its training data) while the gradient flows to the
+probabilities as if the mask were soft (:func:`straight_through`). A predictor
+trained on binary masks may answer a dimmed mask (probabilities below 0.5)
+with nearly the right dose; the soft term then rewards dimming, the
+straight-through term charges a dimmed mask what an empty one costs.
+:func:`surrogate_guided_loss` (module form :class:`SurrogateGuidedLoss`) replaces the learned :math:`M_D` by a
 differentiable physical dose of the target
 (:class:`rtlearn.phantom.surrogate.BeamSurrogate`).
+
+**Units and the segmentation term.** ``dose_scale`` divides both doses before
+squaring (the prescription: :math:`L_{DSL}` in units of Rx², so that
+:math:`\lambda` is comparable with the BCE); ``dice=True`` adds the soft Dice
+loss to the BCE, so that a dose-guided loss differs from the BCE + SoftDice
+baseline in its dose term alone.
 
 **Masking.** With a possible-dose (body) mask :math:`M`, both doses are
 multiplied by it (as the reference code does) and ``average="image"`` keeps

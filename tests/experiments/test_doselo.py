@@ -77,7 +77,7 @@ def test_default_config_profiles():
     assert (q.lambdas, q.soft_lambda, q.pos_weight) == ((3.0,), 3.0, 2.0)
     assert X.arm_names(q) == ["BCE+SoftDice", "BCE pos_weight=2", "DOSELO-ST", "DOSELO Eq. 4 (soft)"]
     # 24 training cases in batches of 4: 6 updates per epoch, 100 epochs for 600 updates
-    assert X.seg_epochs(q) == 100
+    assert X.seg_epochs(q) == 100 and X.update_count(q) == 600
     s = X.default_config("study")
     assert s.n_folds == 4 and s.n_val >= 1 and len(s.lambdas) >= 3                # the paper's CV, lambda chosen
     # at least 2,000 updates per model: 64 cases, 16 test and 8 validation per fold -> 40 in batches of 4
@@ -515,6 +515,8 @@ def test_figures(tiny, tiny_record):
         X.amplitude_response(data, [1.5])
     figs["exploit"] = X.exploit_figure(resp, study)
     assert len(figs["exploit"].axes) == 3
+    figs["probability"] = X.probability_figure(study)
+    assert len(figs["probability"].axes) == 1
     demo = {"patient": data["seg_cases"][0], "ref": data["ref_doses"][0]}
     for name in ("blob", "shift"):
         demo[name] = {"mask": data["seg_cases"][0].masks["GTV"], "dose": data["ref_doses"][0], "dice": 1.0,
