@@ -74,11 +74,12 @@ def test_default_config_profiles():
     assert (q.predictor_epochs, q.predictor_width, q.predictor_depth, q.predictor_batch, q.predictor_lr) == \
         (30, 8, 3, 16, 2e-3)
     assert (q.seg_updates, q.seg_width, q.seg_depth, q.seg_batch, q.seg_lr) == (600, 8, 3, 4, 2e-3)
-    assert (q.lambdas, q.soft_lambda, q.pos_weight) == ((3.0,), 3.0, 2.0)
+    assert (q.lambdas, q.soft_lambda, q.pos_weight) == ((3.0,), 30.0, 2.0)
     assert X.arm_names(q) == ["BCE+SoftDice", "BCE pos_weight=2", "DOSELO-ST", "DOSELO Eq. 4 (soft)"]
     # 24 training cases in batches of 4: 6 updates per epoch, 100 epochs for 600 updates
     assert X.seg_epochs(q) == 100 and X.update_count(q) == 600
     s = X.default_config("study")
+    assert s.soft_lambda == 3.0
     assert s.n_folds == 4 and s.n_val >= 1 and len(s.lambdas) >= 3                # the paper's CV, lambda chosen
     # at least 2,000 updates per model: 64 cases, 16 test and 8 validation per fold -> 40 in batches of 4
     assert s.seg_updates >= 2000 and X.seg_epochs(s) * 10 >= 2000
