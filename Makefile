@@ -1,6 +1,7 @@
 # rtlearn: two commands do everything, each setting itself up on a fresh machine.
 #   make book   build the HTML book into _build/html from the committed notebooks
-#               (make book EXECUTE=1 first re-executes every chapter in the current profile)
+#               (make book EXECUTE=1 first re-executes every chapter in the current profile;
+#                make book STUDENT=1 builds the student edition, without solutions)
 #   make test   unit tests + nbval over every chapter notebook (quick profile)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -21,7 +22,8 @@ STAMP := $(VENV)/.rtlearn-installed
 .PHONY: help venv book execute test unit nbval dist clean
 
 help:
-	@echo "make book   - build the HTML book into _build/html (EXECUTE=1 re-executes the notebooks, PROFILE=$(PROFILE))"
+	@echo "make book   - build the HTML book into _build/html (EXECUTE=1 re-executes the notebooks, PROFILE=$(PROFILE);"
+	@echo "              STUDENT=1 builds the student edition, without solutions, into _build/student)"
 	@echo "make test   - unit tests and nbval over every chapter (quick profile)"
 	@echo "make venv   - only create/refresh the virtualenv $(VENV)"
 	@echo "make dist   - build the sdist and the wheel into $(DIST) (tests/test_wheel.py checks them)"
@@ -44,13 +46,18 @@ execute: $(STAMP)
 	    --ExecutePreprocessor.timeout=7200 "$$nb"; \
 	done
 
+# STUDENT=1: the student edition (every exercise, no solution) into _build/student/_build/html.
+BOOK_OUT := $(if $(filter 1,$(STUDENT)),_build/student,.)
+BOOK_LOG := $(if $(filter 1,$(STUDENT)),_build/student.log,_build.log)
+
 book: $(STAMP) $(if $(EXECUTE),execute)
-	@rm -rf _build/.doctrees _build/html
+	@rm -rf $(BOOK_OUT)/_build/.doctrees $(BOOK_OUT)/_build/html && mkdir -p $(BOOK_OUT)
 	@start=$$(date +%s); \
-	$(VENV)/bin/jupyter-book build . --path-output . --keep-going 2>&1 | tee _build.log; \
-	n=$$(grep -cE "WARNING|ERROR" _build.log || true); \
-	echo "book built in $$(( $$(date +%s) - start )) s with $$n Sphinx warning(s): _build/html/index.html"; \
-	test -f _build/html/index.html; test "$$n" -eq 0 || { grep -E "WARNING|ERROR" _build.log; exit 1; }
+	RTLEARN_STUDENT=$(if $(filter 1,$(STUDENT)),1,0) \
+	  $(VENV)/bin/jupyter-book build . --path-output $(BOOK_OUT) --keep-going 2>&1 | tee $(BOOK_LOG); \
+	n=$$(grep -cE "WARNING|ERROR" $(BOOK_LOG) || true); \
+	echo "$(if $(filter 1,$(STUDENT)),student edition,book) built in $$(( $$(date +%s) - start )) s with $$n Sphinx warning(s): $(BOOK_OUT)/_build/html/index.html"; \
+	test -f $(BOOK_OUT)/_build/html/index.html; test "$$n" -eq 0 || { grep -E "WARNING|ERROR" $(BOOK_LOG); exit 1; }
 
 unit: $(STAMP)
 	RTLEARN_PROFILE=quick $(PY) -m pytest tests -q

@@ -104,3 +104,24 @@ def new_notebook(cells, title: str | None = None, gpu: bool = False):
     nb.cells = out
     nbformat.validate(nb)
     return nb
+
+
+def glue(name: str, value, display: bool = True):
+    """Store ``value`` under ``name`` for the book's prose (myst-nb's ``glue``), if myst-nb is there.
+
+    The chapters cite computed numbers with ``{glue:text}`name``` in their markdown. The book
+    build has myst-nb; a reader's kernel (Colab, a bare ``pip install rtlearn``) need not, and
+    there the value is only shown (``display=True``) or nothing happens, so every chapter runs
+    with the runtime dependencies alone.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"glue needs a non-empty name, got {name!r}")
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        if display:
+            from IPython.display import display as _show
+
+            _show(value)
+        return None
+    return _glue(name, value, display=display)

@@ -29,7 +29,8 @@ Pipeline of the chapter "Dose-guided segmentation":
 
 The chapter shape: :class:`Config` / :func:`default_config` (the only place a profile is read),
 :func:`load_data`, :func:`run` (one seed, every arm), :data:`CLAIMS` and :data:`EQ4_CLAIMS` (judged
-with :func:`rtlearn.metrics.stats.judge`), :data:`TINY`, :func:`tables` and the figure functions
+with :func:`rtlearn.metrics.stats.judge`), :data:`TINY`, :func:`tables`, :func:`study_summary` (the numbers the
+chapter cites) and the figure functions
 (:func:`figures`). The same configuration and seed give the same numbers.
 """
 from __future__ import annotations
@@ -64,7 +65,7 @@ from ..phantom.mr import BRAIN_TISSUES
 from ..phantom.perturb import KINDS, perturbed_targets, shift_target
 from ..plotting import dose_slice, draw_contour, image_extent
 from ..tables import Markdown, markdown_table
-from ..train import fit, seeded
+from ..train import FitResult, fit, seeded
 
 __all__ = [
     "OAR_NAMES", "MR_NAMES", "PTV_MARGIN_MM", "RX_GY", "PAPER", "BASELINE", "CODE_ARM", "PAPER_ARM", "SOFT_ARM",
@@ -73,7 +74,7 @@ __all__ = [
     "brain_cases", "mimic_counts", "cv_splits", "plan_dose", "predictor_input", "dose_predictor_data",
     "ArrayDataset", "dose_predictor", "segmenter", "shuffled", "predictor_accuracy", "segmentation_data",
     "arm_names", "dose_term", "arms", "predict_probs", "predict_masks", "train_segmenter", "far_false_positives",
-    "evaluate_segmentations", "load_data", "run", "judged", "verdicts", "tables", "lambda_table",
+    "evaluate_segmentations", "load_data", "run", "judged", "verdicts", "tables", "lambda_table", "study_summary",
     "amplitude_response", "blob_demo", "blob_figure", "pipeline_figure", "perturbation_figure", "predictor_figure",
     "exploit_figure", "probability_figure", "rmae_figure", "worst_cases_figure", "figures",
 ]
@@ -582,7 +583,7 @@ def predict_masks(model: nn.Module, data: dict, threshold: float = 0.5) -> np.nd
     return predict_probs(model, data) >= threshold
 
 
-def train_segmenter(cfg: Config, loss: nn.Module, train_set, seed: int, frozen=()) -> "object":
+def train_segmenter(cfg: Config, loss: nn.Module, train_set, seed: int, frozen=()) -> FitResult:
     """One segmenter as every arm is trained: the U-Net built from ``seed``, Adam at ``cfg.seg_lr`` with a cosine
     decay to 0 over :func:`seg_epochs` epochs (at least ``cfg.seg_updates`` updates) in the batch order of
     ``seed``, the last weights kept. Returns the :func:`rtlearn.train.fit` result."""
@@ -921,6 +922,69 @@ def lambda_table(study) -> Markdown:
     return Markdown(f"**λ chosen on the validation cases** (units of Rx²):\n\n{markdown_table(head, rows)}{note}")
 
 
+def _mean_over_cases(study, metric: str, arm: str) -> float:
+    """Mean over the test cases of the seed-averaged values of ``metric`` (:func:`_case_means`); NaN if none."""
+    v = _case_means(study, metric, arm)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def study_summary(study) -> dict:
+    r"""The numbers the chapter cites from a :class:`rtlearn.study.Study` (recorded or live), in one dict.
+
+    Every per-case value is first averaged over the seeds (:func:`_case_means`), as in :func:`tables`.
+
+    Returns
+    -------
+    dict
+        ``n_cases``, ``n_seeds``;
+        ``arms``: ``{arm: {...}}`` with ``rmae``, ``hd_mm``, ``dice``, ``p_gtv`` (mean over the test cases;
+        HD skips empty predictions), ``far_cases`` (test cases with a distant false positive, mean over
+        seeds), ``empty`` (empty predicted masks over the test cases, mean over seeds) and ``dim_cases``
+        (test cases whose mean probability inside the true GTV is below 0.5);
+        ``rmae_change``: ``{arm: mean RMAE / the baseline's mean RMAE - 1}``;
+        ``claims``: ``{"dose_term": rows, "eq4": rows}``, the rows of :func:`judged` for :data:`CLAIMS` and
+        :data:`EQ4_CLAIMS` (testable claims only, in their order);
+        ``lambda``: ``{"mode", "mode_count", "n"}``, the most often chosen :math:`\lambda` of DOSELO-ST over
+        seeds and folds (ties: the smallest), how often, and of how many choices; None if none was recorded;
+        ``mimics``: ``{"mean", "patients", "n"}``, mimics per segmentation patient (first seed's record),
+        patients with at least one, patients; None if not recorded;
+        ``softdice_vs_code``: :func:`rtlearn.metrics.stats.paired_comparison` of the RMAE of
+        BCE + SoftDice against BCE with ``pos_weight = 2`` (a description, not one of the claims).
+
+    Raises
+    ------
+    ValueError
+        If the study lacks one of the four arms (:data:`ARMS`).
+    """
+    missing = sorted(set(ARMS) - set(study.arms))
+    if missing:
+        raise ValueError(f"the study has no arm(s) {missing}; it has {study.arms}")
+    arms_out = {}
+    for arm in study.arms:
+        row = {m: _mean_over_cases(study, m, arm) for m in ("rmae", "hd_mm", "dice", "p_gtv")}
+        row["far_cases"] = float(np.mean(np.sum(study.metric("far_fp", arm) > 0, axis=1)))
+        row["empty"] = float(np.mean(np.sum(study.metric("empty", arm), axis=1)))
+        row["dim_cases"] = int(np.sum(_case_means(study, "p_gtv", arm) < 0.5))
+        arms_out[arm] = row
+    base = arms_out[BASELINE]["rmae"]
+    lams = [float(v) for s in study.seeds for v in study.extras(s).get("lambda", {}).values()]
+    if lams:
+        vals, counts = np.unique(lams, return_counts=True)
+        lam = {"mode": float(vals[np.argmax(counts)]), "mode_count": int(counts.max()), "n": len(lams)}
+    else:
+        lam = None
+    mim = study.extras(study.seeds[0]).get("mimics")
+    if mim is not None:
+        mim = np.asarray(mim)
+        mim = {"mean": float(mim.mean()), "patients": int(np.sum(mim > 0)), "n": int(mim.size)}
+    return {"n_cases": len(study.cases), "n_seeds": len(study.seeds), "arms": arms_out,
+            "rmae_change": {arm: row["rmae"] / base - 1 for arm, row in arms_out.items()},
+            "claims": {"dose_term": judged(study, CLAIMS)[0], "eq4": judged(study, EQ4_CLAIMS)[0]},
+            "lambda": lam, "mimics": mim,
+            "softdice_vs_code": paired_comparison(study.metric("rmae", CODE_ARM), study.metric("rmae", BASELINE))}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the motivating demonstration
 # ---------------------------------------------------------------------------------------------------------------
@@ -1000,7 +1064,7 @@ def exploit_figure(response: dict, study=None):
 
     a = response["amplitudes"]
     k = 3 if study is not None else 2
-    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 3.6), dpi=80)
+    fig, axes = plt.subplots(1, k, figsize=(min(11.0, 4.2 * k), 3.6), dpi=80)
     q = np.percentile(response["gtv_dose"], [25, 50, 75], axis=1)
     ax = axes[0]
     ax.fill_between(a, q[0], q[2], color="C0", alpha=0.25, lw=0)
@@ -1056,7 +1120,7 @@ def blob_figure(demo: dict):
     import matplotlib.pyplot as plt
 
     p = demo["patient"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=80)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), dpi=80)
     dose_slice(axes[0], demo["ref"], {"GTV": p.masks["GTV"]}, spacing=p.spacing, title="Plan on the true GTV")
     ext = image_extent(p.shape, p.spacing)
     for ax, name, title in ((axes[1], "blob", "GTV + distant blob"), (axes[2], "shift", "GTV shifted 1 voxel")):
@@ -1124,7 +1188,7 @@ def perturbation_figure(data: dict, case: int = 1):
     sel = np.flatnonzero(md["case"] == case)
     if sel.size == 0:
         raise ValueError(f"no predictor patient {case}; there are {len(data['dose_cases'])}")
-    fig, axes = plt.subplots(1, len(sel), figsize=(3.3 * len(sel), 3.2), dpi=80, squeeze=False)
+    fig, axes = plt.subplots(1, len(sel), figsize=(min(11.0, 3.3 * len(sel)), 3.2), dpi=80, squeeze=False)
     for ax, j in zip(axes[0], sel):
         dose_slice(ax, md["target"][j, 0], {"target": md["input"][j, 0] > 0}, spacing=data["dose_cases"][case].spacing,
                    title=str(md["kind"][j]), colorbar=(j == sel[-1]))
@@ -1190,7 +1254,7 @@ def worst_cases_figure(record: dict, data: dict, arms_shown=None, n: int = 3):
     dc = {a: np.asarray(record["metrics"][a]["dice"]) for a in names}
     base = np.asarray(record["metrics"][BASELINE]["rmae"])
     worst = np.argsort(-base, kind="stable")[:n]
-    fig, axes = plt.subplots(len(worst), 2 + len(names), figsize=(2.6 * (2 + len(names)), 2.6 * len(worst)),
+    fig, axes = plt.subplots(len(worst), 2 + len(names), figsize=(min(11.0, 2.6 * (2 + len(names))), 2.6 * len(worst)),
                              dpi=80, squeeze=False)
     im0 = im = None
     for row, i in enumerate(worst):

@@ -1175,7 +1175,7 @@ def plot_pareto_fronts(data: ParetoData, patient: int = 0):
     """Every patient's Pareto front (rectum vs bladder mean dose); training patient ``patient``'s extreme plans."""
     import matplotlib.pyplot as plt
 
-    fig, axs = plt.subplots(1, 3, figsize=(12.5, 3.8))
+    fig, axs = plt.subplots(1, 3, figsize=(11, 3.6))
     for group, color in (((data.train, data.val), "C0"), ((data.test,), "C3")):
         for cohort in group:
             for i in range(len(cohort)):
@@ -1249,7 +1249,7 @@ def plot_errors(results: dict):
     import matplotlib.pyplot as plt
 
     names = list(STRUCTURES)
-    fig, axs = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, axs = plt.subplots(1, 2, figsize=(11, 3.6))
     width = 0.72 / max(len(results), 1)
     offsets = (np.arange(len(results)) - (len(results) - 1) / 2) * width
     for ax, key, title in ((axs[0], "mean", "(a) mean dose"), (axs[1], "max", "(b) maximum dose")):
@@ -1274,7 +1274,7 @@ def plot_case_errors(study):
     """Per test patient (seed-averaged) mean- and max-dose |error| per structure (% of Rx), one colour per arm."""
     import matplotlib.pyplot as plt
 
-    fig, axs = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, axs = plt.subplots(1, 2, figsize=(11, 3.6))
     arms = study.arms
     width = 0.72 / max(len(arms), 1)
     offsets = (np.arange(len(arms)) - (len(arms) - 1) / 2) * width
@@ -1310,7 +1310,7 @@ def plot_tradeoffs(model, cohort: ParetoCohort, patient: int = 0, source: int = 
     m = {k: v[sl] for k, v in full.items()}
     colors = plotting.structure_colors(list(STRUCTURES))
     x = dvh_dose_points(nb, cohort.max_dose) * 100
-    fig, axs = plt.subplots(len(plans), 5, figsize=(17, 3.3 * len(plans)), squeeze=False)
+    fig, axs = plt.subplots(len(plans), 5, figsize=(11, 2.7 * len(plans)), squeeze=False)
     for r, q in enumerate(plans):
         desired = cohort.dvhs[source, q]
         j, _ = project_to_pareto(desired, cohort.dvhs[patient])
@@ -1358,7 +1358,7 @@ def plot_anatomy_only_errors(model, cohort: ParetoCohort, patient: int = 0, sour
     plans = [0, cohort.n_plans // 2, cohort.n_plans - 1] if plans is None else list(plans)
     sl, spacing = _mid(cohort), cohort.spacing[-2:]
     base = predict(model, cohort.anatomy[patient], cohort.dvhs[source, plans[0]], n_bins=cohort.n_bins).numpy()
-    fig, axs = plt.subplots(1, len(plans), figsize=(4.4 * len(plans), 3.4), squeeze=False)
+    fig, axs = plt.subplots(1, len(plans), figsize=(min(11.0, 4.4 * len(plans)), 3.4), squeeze=False)
     for ax, q in zip(axs[0], plans):
         j, _ = project_to_pareto(cohort.dvhs[source, q], cohort.dvhs[patient])
         to_rx = 100 * cohort.ptv_mean_gy[patient, j] / cohort.prescription
@@ -1428,7 +1428,7 @@ def plot_replan(fronts, cases=None, n: int = 3):
 
     by_arm = fronts if isinstance(fronts, dict) else {"predicted": fronts}
     n = min(check_int(n, "n", 1), min(len(v) for v in by_arm.values()))
-    fig, axs = plt.subplots(1, n, figsize=(4.4 * n, 3.8), squeeze=False)
+    fig, axs = plt.subplots(1, n, figsize=(min(11.0, 4.4 * n), 3.8), squeeze=False)
     for i, ax in enumerate(axs[0]):
         first = next(iter(by_arm.values()))[i]
         pareto = np.asarray(first["pareto"], float)
@@ -1452,7 +1452,7 @@ def plot_slider_sweep(model, cohort: ParetoCohort, patient: int = 0, case: str |
     front = tradeoff_front(model, cohort, patient, n=11)
     front["case"] = case or f"patient {patient}"
     sl, full = _mid(cohort), cohort.masks(patient)
-    fig, axs = plt.subplots(1, 4, figsize=(17, 3.6))
+    fig, axs = plt.subplots(1, 4, figsize=(11, 2.9))
     plot_front(front, axs[0])
     for ax, x in zip(axs[1:], (0.0, 0.5, 1.0)):
         k = int(round(x * 10))

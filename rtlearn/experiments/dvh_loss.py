@@ -1035,7 +1035,7 @@ def plot_learning_curves(study, axes=None):
     import matplotlib.pyplot as plt
 
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+        _, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for j, arm in enumerate(study.arms):
         for k, hist in enumerate(study.histories(arm)):
@@ -1062,7 +1062,7 @@ def plot_structure_errors(study, axes=None):
     groups = [("OAR mean", [(r, "mean") for r in OARS]), ("OAR D$_{0.1cc}$", [(r, "D_0.1_cc") for r in OARS]),
               ("PTV D$_{99}$ / D$_{95}$ / D$_1$", [(r, m) for r in TARGETS for m in TARGET_METRICS])]
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [7, 7, 9]})
+        _, axes = plt.subplots(1, 3, figsize=(11, 3.3), gridspec_kw={"width_ratios": [7, 7, 9]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     arms = study.arms
     w = 0.8 / len(arms)
@@ -1114,7 +1114,7 @@ def plot_sample(record: dict, arm: str | None = None, slice_index=None):
         sp = s["spacing"][-2:]
     masks = {n: sl(m) for n, m in rois.items()}
     vmax = float(max(ref.max(), pred.max()))
-    fig, axes = plt.subplots(1, 5, figsize=(22, 3.9))
+    fig, axes = plt.subplots(1, 5, figsize=(11, 2.8))
     plotting.dose_slice(axes[0], sl(ref), masks, spacing=sp, vmax=vmax, title="reference", legend=False)
     plotting.dose_slice(axes[1], sl(pred), masks, spacing=sp, vmax=vmax, title=f"predicted ({arm})", legend=False)
     diff = sl(pred) - sl(ref)

@@ -1082,7 +1082,7 @@ def plot_predictions(data, study, pred, arms=("Baseline", "Baseline+RS", "Baseli
     order = np.argsort(case_dsc[arms[0]])
     show = order[[0, len(order) // 2, -1]]
     cols = ["ground truth", *arms]
-    fig, axes = plt.subplots(len(show), len(cols), figsize=(2.5 * len(cols), 2.6 * len(show)), squeeze=False)
+    fig, axes = plt.subplots(len(show), len(cols), figsize=(min(11.0, 2.5 * len(cols)), 2.6 * len(show)), squeeze=False)
     for row, i in zip(axes, show):
         img, labs, sp = _case_slice(data["test"], i, [pred[k] for k in arms])
         ext = plotting.image_extent(img.shape, sp)

@@ -1455,7 +1455,7 @@ def plot_training_curves(study, seed=None, axes=None):
         raise ValueError(f"seed {seed!r} is not in the study (seeds {seeds})")
     pick = range(len(seeds)) if seed is None else [seeds.index(seed)]
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+        _, axes = plt.subplots(1, 3, figsize=(11, 3.3), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for j, arm in enumerate(study.arms):
         recs = [study.histories(arm)[k] for k in pick]
@@ -1498,7 +1498,7 @@ def plot_mad_vs_gamma(study, axes=None, paper: bool = True):
     if axes is None:
         ncol = min(3, len(regions))
         nrow = -(-len(regions) // ncol)
-        _, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), layout="constrained", squeeze=False)
+        _, axes = plt.subplots(nrow, ncol, figsize=(min(11.0, 4.2 * ncol), 3.0 * nrow), layout="constrained", squeeze=False)
     axes = np.asarray(axes).ravel()
     src = _source(study)
     xs = np.where(gam > 0, gam, np.nan)
@@ -1546,7 +1546,7 @@ def plot_weight_map(dose_gy, body, spacing, gammas=(25.0, 100.0, 500.0), masks=N
     if d.ndim != 2:
         raise ValueError(f"plot_weight_map draws one 2D slice, got shape {d.shape}")
     if axes is None:
-        _, axes = plt.subplots(1, 1 + len(gammas), figsize=(3.6 * (1 + len(gammas)), 3.4), layout="constrained")
+        _, axes = plt.subplots(1, 1 + len(gammas), figsize=(min(11.0, 3.6 * (1 + len(gammas))), 3.4), layout="constrained")
     dy, dx = (float(s) for s in spacing)
     plotting.dose_slice(axes[0], d, {"body": b, **(masks or {})}, spacing=(dy, dx), title="true dose",
                         legend=False)
@@ -1633,7 +1633,7 @@ def plot_sample(record: dict, case: int = 0, arm_names=None, slice_index=None):
         sl = lambda a: a  # noqa: E731
         sp2 = tuple(live["case_spacing"][case])
     vmax = max(float(ref.max()), *(float(p.max()) for p in preds.values()))
-    fig, axes = plt.subplots(1, 2 + len(labels), figsize=(4.2 * (2 + len(labels)), 3.8))
+    fig, axes = plt.subplots(1, 2 + len(labels), figsize=(min(11.0, 4.2 * (2 + len(labels))), 3.8))
     smasks = {n: sl(m) for n, m in masks.items()}
     plotting.dose_slice(axes[0], sl(ref), smasks, spacing=sp2, vmax=vmax, title="ground truth", legend=False)
     for ax, lab in zip(axes[1:], labels):

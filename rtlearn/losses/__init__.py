@@ -55,6 +55,7 @@ from .region import (
     adaptive_region_specific_loss,
     adaptive_tversky_weights,
     region_specific_loss,
+    region_sum,
     sum_of_losses,
 )
 from .sharp import SharpLoss, demarcation_dose, sharp_loss, sharp_loss_grad, sharp_weight
@@ -70,7 +71,7 @@ __all__ = [
     "generalized_dice_loss", "sensitivity_specificity_loss",
     "DiceLoss", "CrossEntropyLoss", "DiceCELoss", "TverskyLoss", "FocalTverskyLoss",
     "GeneralizedDiceLoss", "SensitivitySpecificityLoss",
-    "region_specific_loss", "adaptive_tversky_weights", "adaptive_region_specific_loss",
+    "region_sum", "region_specific_loss", "adaptive_tversky_weights", "adaptive_region_specific_loss",
     "RegionSpecificLoss", "AdaptiveRegionSpecificLoss",
     # dose-guided segmentation (DOSELO)
     "dose_guided_loss", "dose_segmentation_loss", "DoseGuidedLoss", "true_target_dose", "assemble_dose_input",

@@ -35,14 +35,53 @@ import numbers
 import torch
 from torch import nn
 
-from ._checks import check_nonnegative_number
+from ._checks import check_nonnegative_number, check_tensor
 from ._seg import check_eps, dice_terms, parse_grid, prepare, reduce_losses, tversky_counts, tversky_from_counts
+from ._seg import region_sum as _region_sum
 from .overlap import _Base
 
 __all__ = [
-    "region_specific_loss", "adaptive_tversky_weights", "adaptive_region_specific_loss",
+    "region_sum", "region_specific_loss", "adaptive_tversky_weights", "adaptive_region_specific_loss",
     "RegionSpecificLoss", "AdaptiveRegionSpecificLoss", "sum_of_losses", "SumOfLosses",
 ]
+
+
+def region_sum(x: torch.Tensor, grid=16) -> torch.Tensor:
+    """Sum a tensor over the sub-regions of a grid: the block sums behind the region losses.
+
+    The spatial axes of ``x`` (``B x C x spatial``, 2D or 3D) are cut into ``grid``
+    blocks per axis (the division coefficient DC of Chen et al. 2023) and every block
+    is summed, giving ``B x C x K1 x K2 (x K3)``. The region losses are ratios of such
+    sums: :func:`region_specific_loss` uses the block sums of ``p g``, ``p^2`` and
+    ``g^2``; :func:`adaptive_region_specific_loss` those of TP, FP and FN.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``B x C x spatial`` (at least one spatial axis).
+    grid : int or sequence of int
+        Blocks per spatial axis (default 16); ``1`` sums the whole volume.
+        When an axis of length ``n`` is not divisible by its ``K``, voxel ``i``
+        goes to block ``floor(i K / n)``: blocks differ by at most one voxel and
+        none is empty. A ``K`` larger than its axis raises ``ValueError``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``B x C x K1 x K2 (x K3)``, differentiable. Divisible axes are summed
+        through a reshape, others with ``index_add``; there is no loop over blocks.
+
+    Examples
+    --------
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> region_sum(x, 2)[0, 0]
+    tensor([[10., 18.],
+            [42., 50.]])
+    """
+    check_tensor(x, "x")
+    if x.dim() < 3:
+        raise ValueError(f"x must be B x C x spatial (>= 3 axes), got shape {tuple(x.shape)}")
+    return _region_sum(x, parse_grid(grid, x.shape[2:]))
 
 
 def region_specific_loss(pred, target, grid=16, *, softmax: bool = False, include_background: bool = True,

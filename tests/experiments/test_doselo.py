@@ -528,3 +528,55 @@ def test_figures(tiny, tiny_record):
         plt.close(fig)
     with pytest.raises(ValueError, match="live run"):
         X.worst_cases_figure({k: v for k, v in tiny_record.items() if k != "live"}, data)
+
+
+def test_study_summary_matches_a_direct_computation():
+    """study_summary on a small synthetic study with NaNs, far FPs, empty masks and recorded extras."""
+    cfg = X.default_config("quick")
+    rng = np.random.default_rng(7)
+    names, n, seeds = X.arm_names(cfg), 6, (0, 1, 2)
+    raw = {s: {a: {m: rng.random(n) + 0.2 * k for m in X.METRICS} for k, a in enumerate(names)} for s in seeds}
+    for s in seeds:
+        for a in names:
+            raw[s][a]["far_fp"] = rng.integers(0, 3, n).astype(float) * (rng.random(n) < 0.5)
+            raw[s][a]["empty"] = (rng.random(n) < 0.2).astype(float)
+    raw[0][X.SOFT_ARM]["hd_mm"][:] = np.nan               # an empty prediction: no distance in seed 0
+    raw[1][X.SOFT_ARM]["hd_mm"][2] = raw[2][X.SOFT_ARM]["hd_mm"][2] = np.nan   # case 2: no HD in any seed
+    raw[1][X.SOFT_ARM]["p_gtv"][:3] = 0.1                # dimmed cases
+    lams = {0: {"0": 1.0, "1": 3.0}, 1: {"0": 3.0, "1": 3.0}, 2: {"0": 1.0, "1": 3.0}}
+    mimics = [0, 2, 1, 0, 0, 3, 1, 0]
+    records = {s: {"cases": list(range(n)), "metrics": {a: {m: v.tolist() for m, v in raw[s][a].items()}
+                                                       for a in names},
+                   "history": {a: [] for a in names}, "seconds": dict.fromkeys(names, 1.0),
+                   "extras": {"lambda": lams[s], "mimics": mimics}} for s in seeds}
+    summary = X.study_summary(from_runs("doselo", "quick", cfg, records))
+    assert summary["n_cases"] == n and summary["n_seeds"] == 3
+    for a in names:
+        stack = {m: np.stack([raw[s][a][m] for s in seeds]) for m in X.METRICS}
+        for m in ("rmae", "hd_mm", "dice", "p_gtv"):
+            per_case = [np.mean(c[np.isfinite(c)]) for c in stack[m].T if np.isfinite(c).any()]
+            assert summary["arms"][a][m] == pytest.approx(np.mean(per_case), rel=1e-12)
+        assert summary["arms"][a]["far_cases"] == pytest.approx(np.mean([(stack["far_fp"][i] > 0).sum()
+                                                                         for i in range(3)]))
+        assert summary["arms"][a]["empty"] == pytest.approx(stack["empty"].sum() / 3)
+        assert summary["arms"][a]["dim_cases"] == int((stack["p_gtv"].mean(0) < 0.5).sum())
+        assert summary["rmae_change"][a] == pytest.approx(summary["arms"][a]["rmae"]
+                                                          / summary["arms"][X.BASELINE]["rmae"] - 1)
+    soft_hd = np.stack([raw[s][X.SOFT_ARM]["hd_mm"] for s in seeds])
+    assert summary["arms"][X.SOFT_ARM]["hd_mm"] == pytest.approx(np.mean(
+        [np.mean(soft_hd[1:, i]) for i in range(n) if i != 2]))             # case 2 skipped, seed 0 ignored
+    assert summary["arms"][X.SOFT_ARM]["dim_cases"] >= 1 and summary["rmae_change"][X.BASELINE] == 0
+    assert summary["lambda"] == {"mode": 3.0, "mode_count": 4, "n": 6}
+    assert summary["mimics"] == {"mean": pytest.approx(7 / 8), "patients": 4, "n": 8}
+    study = from_runs("doselo", "quick", cfg, records)
+    for key, claims in (("dose_term", X.CLAIMS), ("eq4", X.EQ4_CLAIMS)):
+        assert [r["verdict"] for r in summary["claims"][key]] == [r["verdict"] for r in X.judged(study, claims)[0]]
+    code = np.stack([raw[s][X.CODE_ARM]["rmae"] for s in seeds]).mean(0)
+    base = np.stack([raw[s][X.BASELINE]["rmae"] for s in seeds]).mean(0)
+    assert summary["softdice_vs_code"]["diff"] == pytest.approx(np.median(base - code))
+    # without extras (a live run of one candidate lambda) the choices are None; a missing arm is an error
+    bare = X.study_summary(_synthetic_study(cfg))
+    assert bare["lambda"] is None and bare["mimics"] is None
+    with pytest.raises(ValueError, match="no arm"):
+        X.study_summary(from_runs("doselo", "quick", cfg, {0: {"cases": [0, 1], "metrics": {X.BASELINE: {
+            "rmae": [0.1, 0.2]}}, "history": {X.BASELINE: []}, "seconds": {X.BASELINE: 1.0}}}))
